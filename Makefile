@@ -1,0 +1,51 @@
+# The two commands: `make run` serves taskq, `make test` runs its test suite.
+# Both set everything up first (virtualenv, dependencies, database).
+# With DATABASE_URL unset they use an embedded PostgreSQL under var/.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+
+export PORT
+
+.PHONY: run test setup migrate lint format db-stop clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+migrate: setup
+	$(PY) manage.py migrate --noinput
+
+run: migrate
+	$(PY) manage.py collectstatic --noinput --verbosity 0
+	@echo ""
+	@echo "taskq is starting on http://127.0.0.1:$(PORT)/"
+	@echo "  Admin:        http://127.0.0.1:$(PORT)/admin/  (create a login: $(PY) manage.py createsuperuser)"
+	@echo "  API token:    $(PY) manage.py create_api_token my-worker"
+	@echo "  Try it:       curl -H \"Authorization: Bearer <token>\" http://127.0.0.1:$(PORT)/v1/namespace"
+	@echo "  Health:       curl http://127.0.0.1:$(PORT)/healthz"
+	@echo ""
+	$(VENV)/bin/gunicorn -c taskq_project/gunicorn.conf.py
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+db-stop: setup
+	$(PY) -m taskq_project.embedded_postgres stop
+
+clean: db-stop
+	rm -rf $(VENV) var

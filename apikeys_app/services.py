@@ -1,0 +1,35 @@
+import secrets
+from datetime import timedelta
+
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from apikeys_app.models import ApiToken, hash_secret
+
+TOKEN_PREFIX = "tq_"
+# How stale `last_used_at` may get: refreshing it on every request would turn
+# each read into a write.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def create_token(*, name: str) -> tuple[ApiToken, str]:
+    """Create a token; return it and its secret, which is not stored anywhere."""
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken.objects.create(name=name, prefix=secret[:10], hashed_key=hash_secret(secret))
+    return token, secret
+
+
+def authenticate_secret(secret: str) -> ApiToken | None:
+    """The active token for `secret`, or None. Records its use (coarsely)."""
+    token = ApiToken.objects.filter(hashed_key=hash_secret(secret), revoked_at__isnull=True).first()
+    if token is None:
+        return None
+    now = timezone.now()
+    if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=Now())
+        token.last_used_at = now
+    return token
+
+
+def revoke_token(*, token: ApiToken) -> None:
+    ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=Now())

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class NamespacesAppConfig(AppConfig):
+    name = "namespaces_app"
+    verbose_name = "Namespaces"

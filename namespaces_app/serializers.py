@@ -1,0 +1,5 @@
+from taskq_project.api import IdField, StrictSerializer
+
+
+class NamespaceCreateSerializer(StrictSerializer):
+    id = IdField()

@@ -1,0 +1,97 @@
+"""Shared pieces of the v1 API: strict input fields and the error format.
+
+Every error answers JSON with a human-readable `detail`; validation errors
+also carry `errors`, keyed by field, so clients can point at what was wrong.
+"""
+
+from typing import Any
+
+from django.http import Http404, HttpRequest, JsonResponse
+from rest_framework import exceptions, serializers
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from taskq_project.ids import id_problem
+
+
+def _first_message(errors: Any, path: str = "") -> str:
+    if isinstance(errors, dict):
+        for key, value in errors.items():
+            prefix = path if key == "non_field_errors" else (f"{path}.{key}" if path else str(key))
+            return _first_message(value, prefix)
+    if isinstance(errors, list):
+        for index, value in enumerate(errors):
+            if isinstance(value, (dict, list)):
+                return _first_message(value, f"{path}[{index}]")
+            return f"{path}: {value}" if path else str(value)
+    return f"{path}: {errors}" if path else str(errors)
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    response = drf_exception_handler(exc, context)
+    if response is None or not isinstance(exc, exceptions.APIException):
+        return response
+    if isinstance(exc, exceptions.ValidationError):
+        response.data = {
+            "detail": _first_message(exc.detail),
+            "code": "invalid",
+            "errors": exc.detail,
+        }
+    else:
+        codes = exc.get_codes()
+        response.data = {
+            "detail": _first_message(exc.detail),
+            "code": codes if isinstance(codes, str) else "error",
+        }
+    return response
+
+
+def json_not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return JsonResponse({"detail": "Not found.", "code": "not_found"}, status=404)
+
+
+def json_server_error(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"detail": "Internal server error.", "code": "server_error"}, status=500)
+
+
+def json_bad_request(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return JsonResponse({"detail": "Bad request.", "code": "bad_request"}, status=400)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """An integer that must be a JSON number: no strings, booleans or floats."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class IdField(serializers.Field):
+    """An id of a namespace or task: a JSON string of 1-255 characters, no control characters."""
+
+    default_error_messages = {"invalid": "Must be a string."}
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        problem = id_problem(data)
+        if problem is not None:
+            raise serializers.ValidationError(f"Id {problem}.")
+        return data
+
+    def to_representation(self, value: Any) -> str:
+        return str(value)
+
+
+class StrictSerializer(serializers.Serializer):
+    """A serializer that rejects keys it does not know, so typos do not pass silently."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({key: ["Unknown field."] for key in unknown})
+        return super().to_internal_value(data)

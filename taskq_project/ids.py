@@ -1,0 +1,22 @@
+"""Rules for the ids of namespaces and tasks, shared by every entry point."""
+
+import unicodedata
+
+MAX_ID_LENGTH = 255
+
+# Categories PostgreSQL cannot store (NUL) or that cannot be encoded (lone
+# surrogates), plus the rest of the control characters, which only ever appear
+# in ids by mistake and make them impossible to read back in logs and URLs.
+_FORBIDDEN_CATEGORIES = {"Cc", "Cs"}
+
+
+def id_problem(value: str) -> str | None:
+    """Return why `value` cannot be an id, or None when it can."""
+    if not value:
+        return "must not be empty"
+    if len(value) > MAX_ID_LENGTH:
+        return f"must be at most {MAX_ID_LENGTH} characters long (got {len(value)})"
+    for char in value:
+        if unicodedata.category(char) in _FORBIDDEN_CATEGORIES:
+            return f"must not contain control characters (found U+{ord(char):04X})"
+    return None

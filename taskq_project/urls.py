@@ -1,0 +1,24 @@
+from django.contrib import admin
+from django.urls import include, path
+from rest_framework.routers import SimpleRouter
+
+from namespaces_app.views import NamespaceViewSet
+from taskq_project.views import healthz
+from tasks_app.views import TaskViewSet
+
+# `/?`: every endpoint answers with and without a trailing slash, without a
+# redirect (a redirected PUT arrives as a GET in many clients).
+router = SimpleRouter()
+router.trailing_slash = "/?"
+router.register("namespace", NamespaceViewSet, basename="namespace")
+router.register("task", TaskViewSet, basename="task")
+
+urlpatterns = [
+    path("v1/", include(router.urls)),
+    path("healthz", healthz, name="healthz"),
+    path("admin/", admin.site.urls),
+]
+
+handler400 = "taskq_project.api.json_bad_request"
+handler404 = "taskq_project.api.json_not_found"
+handler500 = "taskq_project.api.json_server_error"

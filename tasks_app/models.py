@@ -1,0 +1,149 @@
+from django.db import models
+from django.db.models import Q
+from django.db.models.functions import Now
+
+from namespaces_app.models import Namespace
+from taskq_project.ids import MAX_ID_LENGTH
+
+# PostgreSQL `integer` bounds: values beyond them are refused at the edge
+# instead of overflowing in the database.
+MAX_INT = 2_147_483_647
+DEFAULT_TIMEOUT = 300
+DEFAULT_RETRIES = 3
+RESERVED_TASK_IDS = frozenset({"capture", "release"})
+
+
+class TaskStatus(models.TextChoices):
+    IDLE = "idle"
+    IN_PROGRESS = "in_progress"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class TaskQuerySet(models.QuerySet["Task"]):
+    def capturable(self, namespace_id: str) -> "TaskQuerySet":
+        """Tasks a capture may lease now, in the order it leases them.
+
+        Served by the partial index `task_capture_idx`: one range scan whatever
+        the number of done or terminally failed tasks in the table.
+        """
+        return self.filter(namespace_id=namespace_id, available_at__lte=Now()).order_by(
+            "available_at"
+        )
+
+    def expired(self) -> "TaskQuerySet":
+        """In-progress tasks whose lease has run out (served by `task_lease_expiry_idx`)."""
+        return self.filter(status=TaskStatus.IN_PROGRESS, lease_expires_at__lte=Now())
+
+
+class Task(models.Model):
+    """A unit of work that workers lease, finish or fail.
+
+    Two derived columns keep the hot paths to one index range scan each, in the
+    manner of River's `scheduled_at` and Oban's `scheduled_at` + state:
+
+    - `available_at`: when the task becomes capturable, NULL when it never will
+      (done, failed for good, or leased with no retry left to pay for a
+      re-lease). Idle: its registration (FIFO) or the moment it was handed
+      back; failed with retries left: when it failed; in progress with retries
+      left: when its lease expires.
+    - `lease_expires_at`: set exactly while the task is in progress.
+
+    The CHECK constraint `task_state_consistent` ties them to `status` and
+    `retries_left`, so no code path (SQL, ORM, admin) can store a task that the
+    capture query would treat differently from what its status says.
+    """
+
+    id = models.CharField(primary_key=True, max_length=MAX_ID_LENGTH)
+    namespace = models.ForeignKey(
+        Namespace,
+        on_delete=models.CASCADE,
+        related_name="tasks",
+        # Covered by the composite `task_namespace_id_idx` below.
+        db_index=False,
+    )
+    timeout = models.IntegerField(default=DEFAULT_TIMEOUT, help_text="Lease length in seconds.")
+    retries_left = models.IntegerField(default=DEFAULT_RETRIES)
+    status = models.CharField(max_length=16, choices=TaskStatus.choices, default=TaskStatus.IDLE)
+    created_at = models.DateTimeField(db_default=Now())
+    updated_at = models.DateTimeField(db_default=Now())
+    available_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+
+    objects = TaskQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["namespace_id", "id"]
+        indexes = [
+            # Capture: `WHERE namespace_id = $1 AND available_at <= now()
+            # ORDER BY available_at LIMIT n`. Partial, so done and dead tasks
+            # never enter it and the scan stays short as they pile up.
+            models.Index(
+                fields=["namespace", "available_at"],
+                name="task_capture_idx",
+                condition=Q(available_at__isnull=False),
+            ),
+            # Listing a namespace's tasks by id (keyset pagination) and the
+            # foreign key's cascade on namespace delete.
+            models.Index(fields=["namespace", "id"], name="task_namespace_id_idx"),
+            # The lease sweeper: expired leases in expiry order.
+            models.Index(
+                fields=["lease_expires_at"],
+                name="task_lease_expiry_idx",
+                condition=Q(status="in_progress"),
+            ),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=TaskStatus.values), name="task_status_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(timeout__gte=1, timeout__lte=MAX_INT), name="task_timeout_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(retries_left__gte=0, retries_left__lte=MAX_INT),
+                name="task_retries_left_range",
+            ),
+            models.CheckConstraint(
+                condition=(
+                    Q(
+                        status=TaskStatus.IDLE,
+                        available_at__isnull=False,
+                        lease_expires_at__isnull=True,
+                    )
+                    | Q(
+                        status=TaskStatus.IN_PROGRESS,
+                        lease_expires_at__isnull=False,
+                        retries_left__gt=0,
+                        available_at=models.F("lease_expires_at"),
+                    )
+                    | Q(
+                        status=TaskStatus.IN_PROGRESS,
+                        lease_expires_at__isnull=False,
+                        retries_left=0,
+                        available_at__isnull=True,
+                    )
+                    | Q(
+                        status=TaskStatus.DONE,
+                        available_at__isnull=True,
+                        lease_expires_at__isnull=True,
+                    )
+                    | Q(
+                        status=TaskStatus.FAILED,
+                        retries_left__gt=0,
+                        available_at__isnull=False,
+                        lease_expires_at__isnull=True,
+                    )
+                    | Q(
+                        status=TaskStatus.FAILED,
+                        retries_left=0,
+                        available_at__isnull=True,
+                        lease_expires_at__isnull=True,
+                    )
+                ),
+                name="task_state_consistent",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.id

@@ -1,0 +1,76 @@
+"""Input validation for the task endpoints; rendering lives in `render_task`.
+
+Lease fields (`updated_at`, `lease_expires_at`) are never writable: they only
+change through capture and release.
+"""
+
+from typing import Any
+
+from rest_framework import serializers
+
+from taskq_project.api import IdField, StrictIntegerField, StrictSerializer
+from tasks_app.models import (
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    MAX_INT,
+    RESERVED_TASK_IDS,
+    TaskStatus,
+)
+from tasks_app.services import MAX_BATCH, RELEASE_STATUSES, NewTask
+
+
+class TaskIdField(IdField):
+    def to_internal_value(self, data: Any) -> str:
+        value = super().to_internal_value(data)
+        if value in RESERVED_TASK_IDS:
+            raise serializers.ValidationError(
+                f"{value!r} is reserved (it names an endpoint under /v1/task/)."
+            )
+        return value
+
+
+class TaskCreateSerializer(StrictSerializer):
+    id = TaskIdField()
+    namespace_id = IdField()
+    timeout = StrictIntegerField(min_value=1, max_value=MAX_INT, default=DEFAULT_TIMEOUT)
+    retries_left = StrictIntegerField(min_value=0, max_value=MAX_INT, default=DEFAULT_RETRIES)
+    status = serializers.ChoiceField(choices=TaskStatus.values, default=TaskStatus.IDLE)
+
+    def to_new_task(self) -> NewTask:
+        return NewTask(**self.validated_data)
+
+
+class ReleaseSerializer(StrictSerializer):
+    status = serializers.ChoiceField(choices=[str(s) for s in RELEASE_STATUSES])
+    task_ids = serializers.ListField(child=IdField(), allow_empty=False, max_length=MAX_BATCH)
+
+    def to_internal_value(self, data: Any) -> Any:
+        # Check the batch size before validating each id of an oversized list.
+        if isinstance(data, dict) and isinstance(data.get("task_ids"), list):
+            if len(data["task_ids"]) > MAX_BATCH:
+                raise serializers.ValidationError(
+                    {
+                        "task_ids": [
+                            f"At most {MAX_BATCH} ids per release (got {len(data['task_ids'])})."
+                        ]
+                    }
+                )
+        return super().to_internal_value(data)
+
+
+class CaptureSerializer(StrictSerializer):
+    namespace_id = IdField()
+    limit = serializers.IntegerField(min_value=1, max_value=MAX_BATCH, default=1)
+
+    def to_internal_value(self, data: Any) -> Any:
+        # Query strings carry text: accept "10" but not "10.0", " 10" or "1e1".
+        limit = data.get("limit") if hasattr(data, "get") else None
+        if isinstance(limit, str) and not (limit.isascii() and limit.isdigit()):
+            raise serializers.ValidationError(
+                {"limit": ["A whole number from 1 to 1000 is required."]}
+            )
+        if isinstance(limit, bool) or isinstance(limit, float):
+            raise serializers.ValidationError(
+                {"limit": ["A whole number from 1 to 1000 is required."]}
+            )
+        return super().to_internal_value(data)

@@ -1,0 +1,103 @@
+"""The hot-path statements, in SQL because the ORM would hide what runs.
+
+Each statement is one round trip and its own transaction (autocommit), with
+every time decision taken on the database clock (`now()`), never the app
+server's. The derived columns follow the rules in `Task`'s docstring; the
+CHECK constraint `task_state_consistent` rejects any row that breaks them.
+"""
+
+TASK_COLUMNS = "id, namespace_id, timeout, retries_left, updated_at, status, lease_expires_at"
+
+# Lease up to %(limit)s capturable tasks of one namespace.
+#
+# The MATERIALIZED CTE is evaluated once, so LIMIT holds: written as
+# `UPDATE ... WHERE id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)`, the
+# planner may turn the sub-select into a join that locks and returns more than
+# n rows. SKIP LOCKED lets concurrent captures pass each other instead of
+# queueing on the same head-of-line rows; each row it locks is re-checked
+# against the WHERE clause on its latest version, so a task leased by a
+# capture that committed in between is not leased again.
+#
+# Capturing anything but an idle task is a retry and costs one. The SET list
+# reads `t`, the row's latest version (PostgreSQL re-reads a row updated since
+# the statement's snapshot), never a value copied out of the snapshot.
+CAPTURE = f"""
+WITH picked AS MATERIALIZED (
+    SELECT id
+    FROM tasks_app_task
+    WHERE namespace_id = %(namespace_id)s
+      AND available_at <= now()
+    ORDER BY available_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks_app_task AS t
+SET status = 'in_progress',
+    retries_left = t.retries_left - (t.status <> 'idle')::int,
+    updated_at = now(),
+    lease_expires_at = now() + make_interval(secs => t.timeout),
+    available_at = CASE
+        WHEN t.retries_left - (t.status <> 'idle')::int > 0
+            THEN now() + make_interval(secs => t.timeout)
+    END
+FROM picked
+WHERE t.id = picked.id
+RETURNING {", ".join("t." + c.strip() for c in TASK_COLUMNS.split(","))}
+"""
+
+# Finish the leases of %(ids)s with %(status)s (done, failed or idle).
+#
+# Only in-progress tasks are released. The CTE locks them in id order, so two
+# releases of overlapping batches take their locks in the same order and never
+# deadlock each other. A failed task with retries left becomes capturable at
+# once; one handed back as idle keeps its retries.
+RELEASE = f"""
+WITH target AS (
+    SELECT id
+    FROM tasks_app_task
+    WHERE id = ANY(%(ids)s) AND status = 'in_progress'
+    ORDER BY id
+    FOR UPDATE
+)
+UPDATE tasks_app_task AS t
+SET status = %(status)s,
+    updated_at = now(),
+    lease_expires_at = NULL,
+    available_at = CASE
+        WHEN %(status)s = 'idle' THEN now()
+        WHEN %(status)s = 'failed' AND t.retries_left > 0 THEN now()
+    END
+FROM target
+WHERE t.id = target.id
+RETURNING {", ".join("t." + c.strip() for c in TASK_COLUMNS.split(","))}
+"""
+
+# Register tasks from parallel arrays, skipping ids that exist (the caller
+# compares what came back with what it sent). A task registered in progress is
+# leased from now, as if captured at registration.
+REGISTER = f"""
+INSERT INTO tasks_app_task
+    (id, namespace_id, timeout, retries_left, status,
+     created_at, updated_at, available_at, lease_expires_at)
+SELECT v.id, v.namespace_id, v.timeout, v.retries_left, v.status,
+       now(), now(),
+       CASE
+           WHEN v.status = 'idle' THEN now()
+           WHEN v.status = 'failed' AND v.retries_left > 0 THEN now()
+           WHEN v.status = 'in_progress' AND v.retries_left > 0
+               THEN now() + make_interval(secs => v.timeout)
+       END,
+       CASE WHEN v.status = 'in_progress' THEN now() + make_interval(secs => v.timeout) END
+FROM unnest(%(ids)s::text[], %(namespace_ids)s::text[], %(timeouts)s::int[],
+            %(retries)s::int[], %(statuses)s::text[])
+     AS v(id, namespace_id, timeout, retries_left, status)
+ON CONFLICT (id) DO NOTHING
+RETURNING {TASK_COLUMNS}
+"""
+
+# Hold the namespaces a registration names until it commits. FOR KEY SHARE is
+# the lock the foreign key itself takes: it does not block other registrations
+# or captures, only a concurrent delete of the namespace.
+LOCK_NAMESPACES = """
+SELECT id FROM namespaces_app_namespace WHERE id = ANY(%(ids)s) FOR KEY SHARE
+"""

@@ -1,0 +1,83 @@
+from typing import Any
+
+from django.db.models import QuerySet
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from taskq_project.views import validated_path_id
+from tasks_app import services
+from tasks_app.filters import TaskFilter
+from tasks_app.models import Task
+from tasks_app.pagination import TaskCursorPagination
+from tasks_app.rendering import render_task
+from tasks_app.serializers import CaptureSerializer, ReleaseSerializer, TaskCreateSerializer
+
+# Leases must never be served from, or stored in, an HTTP cache.
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+class TaskViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    """`/v1/task`: register, list, read and delete tasks; capture and release leases."""
+
+    lookup_value_regex = ".+?"
+    filterset_class = TaskFilter
+    pagination_class = TaskCursorPagination
+
+    def get_queryset(self) -> QuerySet[Task]:
+        return Task.objects.only(
+            "id",
+            "namespace_id",
+            "timeout",
+            "retries_left",
+            "updated_at",
+            "status",
+            "lease_expires_at",
+        )
+
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        queryset = self.filter_queryset(self.get_queryset())
+        page = self.paginate_queryset(queryset)
+        return self.get_paginated_response([render_task(task) for task in page or []])
+
+    def create(self, request: Request) -> Response:
+        serializer = TaskCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        row = services.register_task(task=serializer.to_new_task())
+        return Response(render_task(row), status=status.HTTP_201_CREATED)
+
+    def retrieve(self, request: Request, pk: str) -> Response:
+        task = services.get_task(task_id=validated_path_id(pk))
+        if task is None:
+            # The seed's contract: an unknown id is "204 No Content".
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        return Response(render_task(task))
+
+    def destroy(self, request: Request, pk: str) -> Response:
+        services.delete_task(task_id=validated_path_id(pk))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @action(detail=False, methods=["get", "post"])
+    def capture(self, request: Request) -> Response:
+        # GET is the seed's form; POST is offered because a state-changing GET
+        # is unsafe behind caches and link prefetchers. POST may carry the
+        # parameters in a JSON body or in the query string.
+        data = request.query_params if request.method == "GET" or not request.data else request.data
+        serializer = CaptureSerializer(data=data)
+        serializer.is_valid(raise_exception=True)
+        rows = services.capture_tasks(**serializer.validated_data)
+        return Response({"list": [render_task(row) for row in rows]}, headers=NO_STORE)
+
+    @action(detail=False, methods=["put"])
+    def release(self, request: Request) -> Response:
+        serializer = ReleaseSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        result = services.release_tasks(**serializer.validated_data)
+        return Response(
+            {
+                "list": [render_task(row) for row in result.released],
+                "errors": [{"id": e.id, "detail": e.detail} for e in result.errors],
+            },
+            headers=NO_STORE,
+        )
