@@ -1,8 +1,12 @@
 """The hot-path statements, in SQL because the ORM would hide what runs.
 
 Each statement is one round trip and its own transaction (autocommit), with
-every time decision taken on the database clock (`now()`), never the app
-server's. The derived columns follow the rules in `Task`'s docstring; the
+every time decision taken on the database clock, never the app server's.
+
+The clock is `statement_timestamp()`: in autocommit it equals `now()`, and
+unlike `now()` it still moves forward between statements of one transaction
+(a test, a management command), so a task registered by one statement is
+capturable by the next. It is STABLE, so it can bound an index scan. The derived columns follow the rules in `Task`'s docstring; the
 CHECK constraint `task_state_consistent` rejects any row that breaks them.
 """
 
@@ -26,7 +30,7 @@ WITH picked AS MATERIALIZED (
     SELECT id
     FROM tasks_app_task
     WHERE namespace_id = %(namespace_id)s
-      AND available_at <= now()
+      AND available_at <= statement_timestamp()
     ORDER BY available_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -34,11 +38,11 @@ WITH picked AS MATERIALIZED (
 UPDATE tasks_app_task AS t
 SET status = 'in_progress',
     retries_left = t.retries_left - (t.status <> 'idle')::int,
-    updated_at = now(),
-    lease_expires_at = now() + make_interval(secs => t.timeout),
+    updated_at = statement_timestamp(),
+    lease_expires_at = statement_timestamp() + make_interval(secs => t.timeout),
     available_at = CASE
         WHEN t.retries_left - (t.status <> 'idle')::int > 0
-            THEN now() + make_interval(secs => t.timeout)
+            THEN statement_timestamp() + make_interval(secs => t.timeout)
     END
 FROM picked
 WHERE t.id = picked.id
@@ -61,11 +65,11 @@ WITH target AS (
 )
 UPDATE tasks_app_task AS t
 SET status = %(status)s,
-    updated_at = now(),
+    updated_at = statement_timestamp(),
     lease_expires_at = NULL,
     available_at = CASE
-        WHEN %(status)s = 'idle' THEN now()
-        WHEN %(status)s = 'failed' AND t.retries_left > 0 THEN now()
+        WHEN %(status)s = 'idle' THEN statement_timestamp()
+        WHEN %(status)s = 'failed' AND t.retries_left > 0 THEN statement_timestamp()
     END
 FROM target
 WHERE t.id = target.id
@@ -75,25 +79,34 @@ RETURNING {", ".join("t." + c.strip() for c in TASK_COLUMNS.split(","))}
 # Register tasks from parallel arrays, skipping ids that exist (the caller
 # compares what came back with what it sent). A task registered in progress is
 # leased from now, as if captured at registration.
+#
+# The timestamps come from clock_timestamp(), read once per row, rather than
+# the statement's clock, so that tasks registered in one batch line up for
+# FIFO in the order they were given.
 REGISTER = f"""
 INSERT INTO tasks_app_task
     (id, namespace_id, timeout, retries_left, status,
      created_at, updated_at, available_at, lease_expires_at)
 SELECT v.id, v.namespace_id, v.timeout, v.retries_left, v.status,
-       now(), now(),
+       v.ts, v.ts,
        CASE
-           WHEN v.status = 'idle' THEN now()
-           WHEN v.status = 'failed' AND v.retries_left > 0 THEN now()
+           WHEN v.status = 'idle' THEN v.ts
+           WHEN v.status = 'failed' AND v.retries_left > 0 THEN v.ts
            WHEN v.status = 'in_progress' AND v.retries_left > 0
-               THEN now() + make_interval(secs => v.timeout)
+               THEN v.ts + make_interval(secs => v.timeout)
        END,
-       CASE WHEN v.status = 'in_progress' THEN now() + make_interval(secs => v.timeout) END
-FROM unnest(%(ids)s::text[], %(namespace_ids)s::text[], %(timeouts)s::int[],
-            %(retries)s::int[], %(statuses)s::text[])
-     AS v(id, namespace_id, timeout, retries_left, status)
+       CASE WHEN v.status = 'in_progress' THEN v.ts + make_interval(secs => v.timeout) END
+FROM (
+    SELECT u.*, clock_timestamp() AS ts
+    FROM unnest(%(ids)s::text[], %(namespace_ids)s::text[], %(timeouts)s::int[],
+                %(retries)s::int[], %(statuses)s::text[]) WITH ORDINALITY
+         AS u(id, namespace_id, timeout, retries_left, status, ord)
+    ORDER BY u.ord
+) AS v
 ON CONFLICT (id) DO NOTHING
 RETURNING {TASK_COLUMNS}
 """
+
 
 # Hold the namespaces a registration names until it commits. FOR KEY SHARE is
 # the lock the foreign key itself takes: it does not block other registrations

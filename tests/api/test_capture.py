@@ -154,3 +154,9 @@ def test_retries_and_expired_leases_take_turns_by_when_they_became_available(api
 def test_capture_never_returns_more_than_limit(api, namespace, limit):
     make_tasks(namespace, 1200)
     assert len(capture(api, limit=limit).json()["list"]) == limit
+
+
+def test_tasks_registered_in_one_batch_go_out_in_the_order_given(api, namespace):
+    make_tasks(namespace, 30)
+    got = [capture(api).json()["list"][0]["id"] for _ in range(30)]
+    assert got == [f"t{i:06d}" for i in range(30)]
