@@ -3,6 +3,7 @@ from typing import Any
 from django.db.models import QuerySet
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import MethodNotAllowed
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -63,6 +64,10 @@ class TaskViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         # GET is the seed's form; POST is offered because a state-changing GET
         # is unsafe behind caches and link prefetchers. POST may carry the
         # parameters in a JSON body or in the query string.
+        if request.method == "HEAD":
+            # DRF answers HEAD with the GET handler; a HEAD from a link checker
+            # or monitor must never lease tasks.
+            raise MethodNotAllowed("HEAD")
         data = request.query_params if request.method == "GET" or not request.data else request.data
         serializer = CaptureSerializer(data=data)
         serializer.is_valid(raise_exception=True)

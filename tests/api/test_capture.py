@@ -160,3 +160,10 @@ def test_tasks_registered_in_one_batch_go_out_in_the_order_given(api, namespace)
     make_tasks(namespace, 30)
     got = [capture(api).json()["list"][0]["id"] for _ in range(30)]
     assert got == [f"t{i:06d}" for i in range(30)]
+
+
+def test_head_on_capture_is_refused_and_leases_nothing(api, namespace):
+    make_tasks(namespace, 1)
+    r = api.head("/v1/task/capture?namespace_id=ns")
+    assert r.status_code == 405
+    assert task_state("t000000")["status"] == "idle"

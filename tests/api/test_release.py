@@ -106,3 +106,13 @@ def test_late_release_of_an_expired_lease_still_wins_before_anyone_recaptures(ap
     ids = lease(api)
     age_task(ids[0], 60)
     assert release(api, "done", ids).json()["list"][0]["status"] == "done"
+
+
+def test_oversized_body_answers_413_with_json(api, namespace, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000
+    make_tasks(namespace, 1)
+    ids = lease(api)
+    r = release(api, "done", ids + ["x" * 200] * 100)
+    assert r.status_code == 413
+    assert "too large" in r.json()["detail"]
+    assert task_state(ids[0])["status"] == "in_progress"
