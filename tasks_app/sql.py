@@ -6,8 +6,10 @@ every time decision taken on the database clock, never the app server's.
 The clock is `statement_timestamp()`: in autocommit it equals `now()`, and
 unlike `now()` it still moves forward between statements of one transaction
 (a test, a management command), so a task registered by one statement is
-capturable by the next. It is STABLE, so it can bound an index scan. The derived columns follow the rules in `Task`'s docstring; the
-CHECK constraint `task_state_consistent` rejects any row that breaks them.
+capturable by the next. It is STABLE, so it can bound an index scan.
+
+The derived columns follow the rules in `Task`'s docstring; the CHECK
+constraint `task_state_consistent` rejects any row that breaks them.
 """
 
 TASK_COLUMNS = "id, namespace_id, timeout, retries_left, updated_at, status, lease_expires_at"

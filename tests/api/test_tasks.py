@@ -70,7 +70,14 @@ def test_read_task_returns_the_seed_shape(api, namespace):
     make_tasks(namespace, 1, prefix="x")
     r = api.get("/v1/task/x000000")
     assert r.status_code == 200
-    assert set(r.json()) >= {"id", "namespace_id", "timeout", "retries_left", "updated_at", "status"}
+    assert set(r.json()) >= {
+        "id",
+        "namespace_id",
+        "timeout",
+        "retries_left",
+        "updated_at",
+        "status",
+    }
 
 
 def test_read_unknown_task_answers_204_with_empty_body(api, db):
