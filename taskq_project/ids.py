@@ -16,6 +16,11 @@ def id_problem(value: str) -> str | None:
         return "must not be empty"
     if len(value) > MAX_ID_LENGTH:
         return f"must be at most {MAX_ID_LENGTH} characters long (got {len(value)})"
+    if value.endswith("/"):
+        # Once the server has decoded a URL, `/v1/task/x%2F` and `/v1/task/x/`
+        # are the same path, and every endpoint answers with or without a
+        # trailing slash: such an id could not be told from its neighbour `x`.
+        return "must not end with '/'"
     for char in value:
         if unicodedata.category(char) in _FORBIDDEN_CATEGORIES:
             return f"must not contain control characters (found U+{ord(char):04X})"

@@ -28,7 +28,8 @@ class TaskCursorPagination(pagination.CursorPagination):
         raw = request.query_params.get(self.page_size_query_param)
         if raw is None:
             return self.page_size
-        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+        valid = raw.isascii() and raw.isdigit() and len(raw) <= 4
+        if not valid or not 1 <= int(raw) <= MAX_PAGE_SIZE:
             raise ValidationError(
                 {"page_size": [f"A whole number from 1 to {MAX_PAGE_SIZE} is required."]}
             )
@@ -39,7 +40,12 @@ class TaskCursorPagination(pagination.CursorPagination):
             cursor = super().decode_cursor(request)
         except NotFound:
             raise ValidationError({"cursor": ["Invalid cursor."]}) from None
-        if cursor is not None and cursor.position is not None and id_problem(str(cursor.position)):
+        if cursor is None:
+            return None
+        # DRF reads any base64 that holds no cursor fields as "the first
+        # page"; a client sending such a cursor has a bug worth reporting.
+        no_position = cursor.position is None and cursor.offset == 0 and not cursor.reverse
+        if no_position or (cursor.position is not None and id_problem(str(cursor.position))):
             raise ValidationError({"cursor": ["Invalid cursor."]})
         return cursor
 

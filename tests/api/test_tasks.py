@@ -159,3 +159,11 @@ def test_list_of_unknown_namespace_is_empty(api, db):
     r = api.get("/v1/task?namespace_id=nope")
     assert r.status_code == 200
     assert r.json() == {"list": [], "next": None}
+
+
+@pytest.mark.parametrize("bad_id", ["x/", "capture/", "release/"])
+def test_task_id_ending_with_a_slash_is_refused(api, namespace, bad_id):
+    r = api.post("/v1/task", {"id": bad_id, "namespace_id": namespace}, format="json")
+    assert r.status_code == 400
+    assert "must not end with '/'" in r.json()["detail"]
+    assert not Task.objects.exists()
