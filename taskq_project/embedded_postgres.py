@@ -11,6 +11,7 @@ taskq_project.embedded_postgres stop` shuts it down.
 import sys
 import warnings
 from pathlib import Path
+from urllib.parse import parse_qs, quote, urlsplit
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 PGDATA = BASE_DIR / "var" / "pgdata"
@@ -28,7 +29,12 @@ def ensure_running() -> str:
         # cleanup_mode=None: the server must outlive this process so that every
         # process of the stack (web, worker, commands, tests) shares one cluster.
         server = pgserver.get_server(PGDATA, cleanup_mode=None)
-        return server.get_uri()
+        uri = urlsplit(server.get_uri())
+    # pgserver names its Unix socket directory in a `host=` query parameter;
+    # put it in the host part instead, percent-encoded, so that Django's HOST
+    # holds it and every consumer of DATABASE_URL reads the same thing.
+    socket_dir = parse_qs(uri.query)["host"][0]
+    return f"postgresql://{uri.username}@{quote(socket_dir, safe='')}{uri.path}"
 
 
 def stop() -> None:

@@ -114,12 +114,62 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "EXCEPTION_HANDLER": "taskq_project.api.exception_handler",
+    "DEFAULT_METADATA_CLASS": "taskq_project.metadata.BasicMetadata",
+    # `?format=` would answer 404 for any renderer but JSON; JSON is all there is.
+    "URL_FORMAT_OVERRIDE": None,
     "UNAUTHENTICATED_USER": None,
 }
 
 # Request bodies: the largest legitimate one is a release of 1,000 ids of 255
 # characters; anything far beyond that is refused before it is parsed.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("TASKQ_MAX_BODY_BYTES", default=2 * 1024 * 1024, minimum=1024)
+
+# --- Celery: the lease sweeper and retention -------------------------------
+# Unset, a broker that needs no server: kombu's filesystem transport under
+# var/, enough for one machine running `make run`. Production sets Redis or
+# RabbitMQ here.
+_BROKER_DIR = BASE_DIR / "var" / "celery-broker"
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or "filesystem://"
+if CELERY_BROKER_URL == "filesystem://":
+    _BROKER_DIR.mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_BROKER_DIR),
+        "data_folder_out": str(_BROKER_DIR),
+        "control_folder": str(_BROKER_DIR),
+    }
+CELERY_TASK_DEFAULT_QUEUE = env_str("TASKQ_CELERY_QUEUE", "taskq")
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TIMEZONE = "UTC"
+
+# How often beat runs the lease sweeper, in seconds.
+TASKQ_SWEEP_SECONDS = env_int("TASKQ_SWEEP_SECONDS", default=5, minimum=1)
+# Done tasks older than this many days are deleted; unset keeps them forever.
+TASKQ_DONE_RETENTION_DAYS: int | None = (
+    env_int("TASKQ_DONE_RETENTION_DAYS", default=0, minimum=1)
+    if env_str("TASKQ_DONE_RETENTION_DAYS").strip()
+    else None
+)
+# How often beat runs retention, in seconds.
+TASKQ_PURGE_SECONDS = env_int("TASKQ_PURGE_SECONDS", default=3600, minimum=1)
+
+CELERY_BEAT_SCHEDULE = {
+    "reclaim-expired-leases": {
+        "task": "tasks_app.reclaim_expired_leases",
+        "schedule": float(TASKQ_SWEEP_SECONDS),
+        # A sweep queued while no worker ran is stale once the next is due:
+        # drop it rather than let a backlog of sweeps pile up.
+        "options": {"expires": float(TASKQ_SWEEP_SECONDS)},
+    },
+    "purge-done-tasks": {
+        "task": "tasks_app.purge_done_tasks",
+        "schedule": float(TASKQ_PURGE_SECONDS),
+        "options": {"expires": float(TASKQ_PURGE_SECONDS)},
+    },
+}
 
 LOGGING = {
     "version": 1,

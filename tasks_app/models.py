@@ -92,6 +92,13 @@ class Task(models.Model):
                 name="task_lease_expiry_idx",
                 condition=Q(status="in_progress"),
             ),
+            # Retention: done tasks oldest first, so each purge batch is a
+            # short range scan instead of a pass over the whole table.
+            models.Index(
+                fields=["updated_at"],
+                name="task_done_updated_idx",
+                condition=Q(status="done"),
+            ),
         ]
         constraints = [
             models.CheckConstraint(
@@ -147,3 +154,19 @@ class Task(models.Model):
 
     def __str__(self) -> str:
         return self.id
+
+
+class SweepRecord(models.Model):
+    """The last run of a periodic job, for `/healthz` and operators.
+
+    One row per job name, upserted at the end of each run: any worker may run
+    the job, and the web processes that report on it are separate processes.
+    """
+
+    name = models.CharField(primary_key=True, max_length=64)
+    finished_at = models.DateTimeField()
+    affected = models.BigIntegerField(default=0)
+    detail = models.JSONField(default=dict)
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.finished_at:%Y-%m-%d %H:%M:%S}"

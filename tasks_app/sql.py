@@ -116,3 +116,54 @@ RETURNING {TASK_COLUMNS}
 LOCK_NAMESPACES = """
 SELECT id FROM namespaces_app_namespace WHERE id = ANY(%(ids)s) FOR KEY SHARE
 """
+
+# End up to %(batch)s expired leases: the task becomes failed, capturable again
+# while it has retries left (it takes its turn from when its lease expired),
+# terminal otherwise. No retry is charged here; the capture that picks the
+# task up again pays for it, so one expiry is never charged twice.
+#
+# SKIP LOCKED: the sweep never waits on, or blocks, a capture or release in
+# flight, and two overlapping sweeps split the expired rows between them. A
+# release that committed first has moved the row out of `in_progress`, and
+# the re-check on the row's latest version drops it from the batch.
+RECLAIM_EXPIRED = """
+WITH expired AS MATERIALIZED (
+    SELECT id
+    FROM tasks_app_task
+    WHERE status = 'in_progress' AND lease_expires_at <= statement_timestamp()
+    ORDER BY lease_expires_at
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks_app_task AS t
+SET status = 'failed',
+    updated_at = statement_timestamp(),
+    available_at = CASE WHEN t.retries_left > 0 THEN t.lease_expires_at END,
+    lease_expires_at = NULL
+FROM expired
+WHERE t.id = expired.id
+RETURNING t.retries_left > 0
+"""
+
+# Delete up to %(batch)s done tasks last updated before %(cutoff)s, oldest
+# first. Batches keep each transaction, and the locks it holds, short.
+PURGE_DONE = """
+WITH doomed AS MATERIALIZED (
+    SELECT id
+    FROM tasks_app_task
+    WHERE status = 'done' AND updated_at < %(cutoff)s
+    ORDER BY updated_at
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM tasks_app_task AS t
+USING doomed
+WHERE t.id = doomed.id
+"""
+
+RECORD_RUN = """
+INSERT INTO tasks_app_sweeprecord (name, finished_at, affected, detail)
+VALUES (%s, clock_timestamp(), %s, %s::jsonb)
+ON CONFLICT (name) DO UPDATE
+SET finished_at = EXCLUDED.finished_at, affected = EXCLUDED.affected, detail = EXCLUDED.detail
+"""
