@@ -24,13 +24,14 @@ migrate: setup
 run: migrate
 	$(PY) manage.py collectstatic --noinput --verbosity 0
 	@echo ""
-	@echo "taskq is starting on http://127.0.0.1:$(PORT)/"
+	@echo "taskq is starting on http://127.0.0.1:$(PORT)/ (web, Celery worker and beat)"
 	@echo "  Admin:        http://127.0.0.1:$(PORT)/admin/  (create a login: $(PY) manage.py createsuperuser)"
 	@echo "  API token:    $(PY) manage.py create_api_token my-worker"
 	@echo "  Try it:       curl -H \"Authorization: Bearer <token>\" http://127.0.0.1:$(PORT)/v1/namespace"
 	@echo "  Health:       curl http://127.0.0.1:$(PORT)/healthz"
+	@echo "  Stop:         Ctrl-C stops the web server, the worker and beat together"
 	@echo ""
-	$(VENV)/bin/gunicorn -c taskq_project/gunicorn.conf.py
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho start -f Procfile
 
 test: setup
 	$(PY) -m pytest
