@@ -1,14 +1,73 @@
-from django.contrib import admin
+"""API tokens in the admin: create (the secret is shown once), list, revoke."""
 
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+
+from apikeys_app import services
 from apikeys_app.models import ApiToken
+
+
+class ApiTokenAddForm(forms.ModelForm):
+    class Meta:
+        model = ApiToken
+        fields = ["name"]
 
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    list_display = ["name", "prefix", "created_at", "last_used_at", "revoked_at"]
-    readonly_fields = ["name", "prefix", "hashed_key", "created_at", "last_used_at", "revoked_at"]
+    list_display = ["name", "prefix", "scope", "created_at", "last_used_at", "state"]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["name", "prefix"]
+    actions = ["revoke"]
+    readonly_fields = ["name", "prefix", "scope", "created_at", "last_used_at", "revoked_at"]
 
-    def has_add_permission(self, request: object) -> bool:
-        # Secrets are shown exactly once, by `manage.py create_api_token`.
-        return False
+    @admin.display(description="scope")
+    def scope(self, token: ApiToken) -> str:
+        return "full API access"
+
+    @admin.display(description="state", boolean=False)
+    def state(self, token: ApiToken) -> str:
+        return "active" if token.is_active else f"revoked {token.revoked_at:%Y-%m-%d %H:%M}"
+
+    @admin.action(description="Revoke selected tokens", permissions=["change"])
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
+        revoked = services.revoke_tokens(queryset=queryset)
+        self.message_user(request, f"Revoked {revoked} token(s).", messages.SUCCESS)
+
+    def get_form(
+        self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
+    ) -> Any:
+        if obj is None:
+            kwargs["form"] = ApiTokenAddForm
+        return super().get_form(request, obj, change, **kwargs)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> Any:
+        return self.readonly_fields if obj is not None else []
+
+    def save_model(self, request: HttpRequest, obj: ApiToken, form: Any, change: bool) -> None:
+        if change:
+            return
+        # Kept on the request only, to render it once in response_add.
+        request._taskq_new_secret = services.issue_secret(obj)  # type: ignore[attr-defined]
+        obj.save()
+
+    def response_add(
+        self, request: HttpRequest, obj: ApiToken, post_url_continue: str | None = None
+    ) -> HttpResponse:
+        # Rendered directly, not via a redirect and a message: the secret must
+        # never be stored in a cookie or the session.
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Token created",
+            "opts": self.model._meta,
+            "token": obj,
+            "secret": request._taskq_new_secret,  # type: ignore[attr-defined]
+        }
+        response = TemplateResponse(request, "admin/apikeys_app/token_created.html", context)
+        response["Cache-Control"] = "no-store"
+        return response

@@ -1,6 +1,7 @@
 import secrets
 from datetime import timedelta
 
+from django.db.models import QuerySet
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -12,10 +13,19 @@ TOKEN_PREFIX = "tq_"
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
+def issue_secret(token: ApiToken) -> str:
+    """Give an unsaved token a new secret; return the secret, which is not stored."""
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token.prefix = secret[:10]
+    token.hashed_key = hash_secret(secret)
+    return secret
+
+
 def create_token(*, name: str) -> tuple[ApiToken, str]:
     """Create a token; return it and its secret, which is not stored anywhere."""
-    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    token = ApiToken.objects.create(name=name, prefix=secret[:10], hashed_key=hash_secret(secret))
+    token = ApiToken(name=name)
+    secret = issue_secret(token)
+    token.save()
     return token, secret
 
 
@@ -32,4 +42,9 @@ def authenticate_secret(secret: str) -> ApiToken | None:
 
 
 def revoke_token(*, token: ApiToken) -> None:
-    ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=Now())
+    revoke_tokens(queryset=ApiToken.objects.filter(pk=token.pk))
+
+
+def revoke_tokens(*, queryset: QuerySet[ApiToken]) -> int:
+    """Revoke the active tokens of `queryset` at once; return how many."""
+    return queryset.filter(revoked_at__isnull=True).update(revoked_at=Now())

@@ -78,26 +78,37 @@ class Task(models.Model):
             # Capture: `WHERE namespace_id = $1 AND available_at <= now()
             # ORDER BY available_at LIMIT n`. Partial, so done and dead tasks
             # never enter it and the scan stays short as they pile up.
+            # INCLUDE status: the dashboard counts the active tasks of each
+            # namespace by status from this index alone.
             models.Index(
                 fields=["namespace", "available_at"],
                 name="task_capture_idx",
                 condition=Q(available_at__isnull=False),
+                include=["status"],
             ),
             # Listing a namespace's tasks by id (keyset pagination) and the
             # foreign key's cascade on namespace delete.
             models.Index(fields=["namespace", "id"], name="task_namespace_id_idx"),
-            # The lease sweeper: expired leases in expiry order.
+            # The lease sweeper: expired leases in expiry order. INCLUDE
+            # namespace: the dashboard counts leases per namespace from it.
             models.Index(
                 fields=["lease_expires_at"],
                 name="task_lease_expiry_idx",
                 condition=Q(status="in_progress"),
+                include=["namespace"],
             ),
-            # Retention: done tasks oldest first, so each purge batch is a
-            # short range scan instead of a pass over the whole table.
+            # Retention (per namespace, oldest first, so each purge batch is a
+            # short range scan) and the dashboard's count of done tasks.
             models.Index(
-                fields=["updated_at"],
-                name="task_done_updated_idx",
+                fields=["namespace", "updated_at"],
+                name="task_done_idx",
                 condition=Q(status="done"),
+            ),
+            # Tasks failed for good, which operators look for and requeue.
+            models.Index(
+                fields=["namespace", "updated_at"],
+                name="task_failed_for_good_idx",
+                condition=Q(status="failed", retries_left=0),
             ),
         ]
         constraints = [
@@ -170,3 +181,22 @@ class SweepRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} at {self.finished_at:%Y-%m-%d %H:%M:%S}"
+
+
+class Throughput(models.Model):
+    """Tasks finished per namespace, one row per statement that finished some.
+
+    Append-only, so writers never contend on a counter row; the dashboard sums
+    the last hour per minute, and the sweeper deletes rows past that window.
+    """
+
+    namespace_id = models.CharField(max_length=MAX_ID_LENGTH)
+    at = models.DateTimeField()
+    done = models.IntegerField(default=0)
+    failed = models.IntegerField(default=0)
+
+    class Meta:
+        indexes = [models.Index(fields=["at"], name="throughput_at_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.namespace_id} {self.at:%H:%M}: {self.done} done, {self.failed} failed"

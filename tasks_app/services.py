@@ -5,18 +5,27 @@ it; the lease decisions are taken by the statements in `tasks_app.sql` on the
 database clock.
 """
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, NamedTuple
 
 from django.db import connection, transaction
+from django.db.models import QuerySet
 
 from namespaces_app.exceptions import NamespaceNotFound
 from namespaces_app.models import Namespace
 from tasks_app import sql
 from tasks_app.exceptions import TaskAlreadyExists, TaskNotFound, UnknownNamespaceForTask
-from tasks_app.models import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Task, TaskStatus
+from tasks_app.models import (
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    MAX_INT,
+    Task,
+    TaskStatus,
+)
 
 RELEASE_STATUSES = (TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.IDLE)
 MAX_BATCH = 1000
@@ -156,3 +165,129 @@ def delete_task(*, task_id: str) -> None:
 
 def get_task(*, task_id: str) -> Task | None:
     return Task.objects.filter(pk=task_id).first()
+
+
+# --- Operator actions --------------------------------------------------------
+
+OPERATOR_BATCH = 1000
+
+
+class OperatorAction(StrEnum):
+    REQUEUE = "requeue"
+    CANCEL_LEASE = "cancel_lease"
+    MARK_DONE = "mark_done"
+    MARK_FAILED = "mark_failed"
+    DELETE = "delete"
+
+
+_ACTION_SQL = {
+    OperatorAction.REQUEUE: sql.REQUEUE,
+    OperatorAction.CANCEL_LEASE: sql.CANCEL_LEASE,
+    OperatorAction.MARK_DONE: sql.MARK_DONE,
+    OperatorAction.MARK_FAILED: sql.MARK_FAILED,
+}
+
+
+@dataclass
+class BulkResult:
+    """What an operator action did: how many changed, and why others did not."""
+
+    changed: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    def add(self, other: "BulkResult") -> None:
+        self.changed += other.changed
+        self.skipped.update(other.skipped)
+
+    @property
+    def skipped_total(self) -> int:
+        return sum(self.skipped.values())
+
+    def summary(self) -> str:
+        text = f"{self.changed} changed"
+        if self.skipped:
+            reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items()))
+            text += f", {self.skipped_total} skipped ({reasons})"
+        return text
+
+
+def _skip_reason(action: OperatorAction, status: str, validly_leased: bool) -> str:
+    if validly_leased and action in (OperatorAction.MARK_DONE, OperatorAction.MARK_FAILED):
+        return "under a valid lease"
+    if status == TaskStatus.IN_PROGRESS and action == OperatorAction.REQUEUE:
+        return "leased (cancel the lease instead)"
+    if action == OperatorAction.CANCEL_LEASE:
+        return f"not leased ({status})"
+    return f"already {status}"
+
+
+def apply_operator_action(
+    *, action: OperatorAction, task_ids: Sequence[str], reset_retries_to: int | None = None
+) -> BulkResult:
+    """Apply an operator action to at most OPERATOR_BATCH tasks, in one statement.
+
+    The lease rules hold as for workers: the rows are locked in id order and
+    each is moved only from the states the action allows (see `tasks_app.sql`);
+    the others are counted in `skipped` with the reason.
+    """
+    if len(task_ids) > OPERATOR_BATCH:
+        raise ValueError(f"at most {OPERATOR_BATCH} tasks per call")
+    if reset_retries_to is not None and not 0 <= reset_retries_to <= MAX_INT:
+        raise ValueError("reset_retries_to out of range")
+    ids = list(dict.fromkeys(task_ids))
+    result = BulkResult()
+    if not ids:
+        return result
+    with connection.cursor() as cursor:
+        if action == OperatorAction.DELETE:
+            cursor.execute("DELETE FROM tasks_app_task WHERE id = ANY(%s)", [ids])
+            result.changed = cursor.rowcount
+            if result.changed < len(ids):
+                result.skipped["not registered"] = len(ids) - result.changed
+            return result
+        cursor.execute(_ACTION_SQL[action], {"ids": ids, "retries": reset_retries_to})
+        changed = {row[0] for row in cursor.fetchall()}
+        result.changed = len(changed)
+        skipped = [task_id for task_id in ids if task_id not in changed]
+        if skipped:
+            cursor.execute(sql.DESCRIBE_SKIPPED, {"ids": skipped})
+            rows = cursor.fetchall()
+            for _, status, validly_leased in rows:
+                result.skipped[_skip_reason(action, status, validly_leased)] += 1
+            if len(rows) < len(skipped):
+                result.skipped["not registered"] += len(skipped) - len(rows)
+    return result
+
+
+def apply_operator_action_to_queryset(
+    *,
+    action: OperatorAction,
+    queryset: QuerySet[Task],
+    reset_retries_to: int | None = None,
+    batch_size: int = OPERATOR_BATCH,
+) -> BulkResult:
+    """Apply an action to every task `queryset` matches, batch by batch.
+
+    Never loads the whole selection: ids are read in keyset order (by id),
+    `batch_size` at a time, and each batch is its own statement and
+    transaction, so a million-task requeue holds no lock for long. The filter
+    is re-evaluated for every batch.
+    """
+    result = BulkResult()
+    for ids in _id_batches(queryset, batch_size):
+        result.add(
+            apply_operator_action(action=action, task_ids=ids, reset_retries_to=reset_retries_to)
+        )
+    return result
+
+
+def _id_batches(queryset: QuerySet[Task], batch_size: int) -> Iterator[list[str]]:
+    last: str | None = None
+    ordered = queryset.order_by("pk")
+    while True:
+        page = ordered if last is None else ordered.filter(pk__gt=last)
+        ids = list(page.values_list("pk", flat=True)[:batch_size])
+        if not ids:
+            return
+        yield ids
+        last = ids[-1]

@@ -13,6 +13,20 @@ constraint `task_state_consistent` rejects any row that breaks them.
 """
 
 TASK_COLUMNS = "id, namespace_id, timeout, retries_left, updated_at, status, lease_expires_at"
+_T_COLUMNS = ", ".join("t." + column for column in TASK_COLUMNS.split(", "))
+
+# Added to statements that finish tasks, as a data-modifying CTE over the rows
+# they changed: one Throughput row per namespace and statement, never an
+# update of a shared counter, so concurrent releases do not queue on a row.
+_LOG_THROUGHPUT = """
+    INSERT INTO tasks_app_throughput (namespace_id, at, done, failed)
+    SELECT namespace_id, statement_timestamp(),
+           count(*) FILTER (WHERE status = 'done'),
+           count(*) FILTER (WHERE status = 'failed')
+    FROM {source}
+    WHERE status IN ('done', 'failed')
+    GROUP BY namespace_id
+"""
 
 # Lease up to %(limit)s capturable tasks of one namespace.
 #
@@ -48,7 +62,7 @@ SET status = 'in_progress',
     END
 FROM picked
 WHERE t.id = picked.id
-RETURNING {", ".join("t." + c.strip() for c in TASK_COLUMNS.split(","))}
+RETURNING {_T_COLUMNS}
 """
 
 # Finish the leases of %(ids)s with %(status)s (done, failed or idle).
@@ -64,18 +78,20 @@ WITH target AS (
     WHERE id = ANY(%(ids)s) AND status = 'in_progress'
     ORDER BY id
     FOR UPDATE
-)
-UPDATE tasks_app_task AS t
-SET status = %(status)s,
-    updated_at = statement_timestamp(),
-    lease_expires_at = NULL,
-    available_at = CASE
-        WHEN %(status)s = 'idle' THEN statement_timestamp()
-        WHEN %(status)s = 'failed' AND t.retries_left > 0 THEN statement_timestamp()
-    END
-FROM target
-WHERE t.id = target.id
-RETURNING {", ".join("t." + c.strip() for c in TASK_COLUMNS.split(","))}
+), released AS (
+    UPDATE tasks_app_task AS t
+    SET status = %(status)s,
+        updated_at = statement_timestamp(),
+        lease_expires_at = NULL,
+        available_at = CASE
+            WHEN %(status)s = 'idle' THEN statement_timestamp()
+            WHEN %(status)s = 'failed' AND t.retries_left > 0 THEN statement_timestamp()
+        END
+    FROM target
+    WHERE t.id = target.id
+    RETURNING {_T_COLUMNS}
+), logged AS ({_LOG_THROUGHPUT.format(source="released")})
+SELECT {TASK_COLUMNS} FROM released
 """
 
 # Register tasks from parallel arrays, skipping ids that exist (the caller
@@ -126,7 +142,7 @@ SELECT id FROM namespaces_app_namespace WHERE id = ANY(%(ids)s) FOR KEY SHARE
 # flight, and two overlapping sweeps split the expired rows between them. A
 # release that committed first has moved the row out of `in_progress`, and
 # the re-check on the row's latest version drops it from the batch.
-RECLAIM_EXPIRED = """
+RECLAIM_EXPIRED = f"""
 WITH expired AS MATERIALIZED (
     SELECT id
     FROM tasks_app_task
@@ -134,24 +150,27 @@ WITH expired AS MATERIALIZED (
     ORDER BY lease_expires_at
     LIMIT %(batch)s
     FOR UPDATE SKIP LOCKED
-)
-UPDATE tasks_app_task AS t
-SET status = 'failed',
-    updated_at = statement_timestamp(),
-    available_at = CASE WHEN t.retries_left > 0 THEN t.lease_expires_at END,
-    lease_expires_at = NULL
-FROM expired
-WHERE t.id = expired.id
-RETURNING t.retries_left > 0
+), reclaimed AS (
+    UPDATE tasks_app_task AS t
+    SET status = 'failed',
+        updated_at = statement_timestamp(),
+        available_at = CASE WHEN t.retries_left > 0 THEN t.lease_expires_at END,
+        lease_expires_at = NULL
+    FROM expired
+    WHERE t.id = expired.id
+    RETURNING t.namespace_id, t.status, t.retries_left
+), logged AS ({_LOG_THROUGHPUT.format(source="reclaimed")})
+SELECT retries_left > 0 FROM reclaimed
 """
 
-# Delete up to %(batch)s done tasks last updated before %(cutoff)s, oldest
-# first. Batches keep each transaction, and the locks it holds, short.
+# Delete up to %(batch)s done tasks of one namespace last updated before
+# %(cutoff)s, oldest first (a range scan of `task_done_idx`). Batches keep
+# each transaction, and the locks it holds, short.
 PURGE_DONE = """
 WITH doomed AS MATERIALIZED (
     SELECT id
     FROM tasks_app_task
-    WHERE status = 'done' AND updated_at < %(cutoff)s
+    WHERE namespace_id = %(namespace_id)s AND status = 'done' AND updated_at < %(cutoff)s
     ORDER BY updated_at
     LIMIT %(batch)s
     FOR UPDATE SKIP LOCKED
@@ -161,9 +180,77 @@ USING doomed
 WHERE t.id = doomed.id
 """
 
+# The dashboard charts the last hour; keep a margin, drop the rest.
+PURGE_THROUGHPUT = """
+DELETE FROM tasks_app_throughput WHERE at < statement_timestamp() - interval '2 hours'
+"""
+
 RECORD_RUN = """
 INSERT INTO tasks_app_sweeprecord (name, finished_at, affected, detail)
 VALUES (%s, clock_timestamp(), %s, %s::jsonb)
 ON CONFLICT (name) DO UPDATE
 SET finished_at = EXCLUDED.finished_at, affected = EXCLUDED.affected, detail = EXCLUDED.detail
+"""
+
+# Operator actions (admin): move the tasks of %(ids)s that satisfy a
+# condition into a new state, locking them in id order like RELEASE, and
+# re-checking the condition on each row's latest version once locked. `ts`
+# is the statement's clock. Each returns the rows it changed.
+_OPERATOR_ACTION = """
+WITH target AS (
+    SELECT id
+    FROM tasks_app_task
+    WHERE id = ANY(%(ids)s) AND ({condition})
+    ORDER BY id
+    FOR UPDATE
+), changed AS (
+    UPDATE tasks_app_task AS t
+    SET {assignments}
+    FROM target
+    WHERE t.id = target.id
+    RETURNING t.id, t.namespace_id, t.status
+), logged AS ({log})
+SELECT id FROM changed
+"""
+
+_EXPIRED = "status = 'in_progress' AND lease_expires_at <= statement_timestamp()"
+_FINISHED = "lease_expires_at = NULL, updated_at = statement_timestamp()"
+
+
+def _operator_action(condition: str, assignments: str) -> str:
+    return _OPERATOR_ACTION.format(
+        condition=condition,
+        assignments=assignments,
+        log=_LOG_THROUGHPUT.format(source="changed"),
+    )
+
+
+# Back to idle from done or failed; %(retries)s, when not NULL, resets retries.
+REQUEUE = _operator_action(
+    "status IN ('done', 'failed')",
+    f"status = 'idle', available_at = statement_timestamp(), {_FINISHED}, "
+    "retries_left = COALESCE(%(retries)s, t.retries_left)",
+)
+# End a lease (valid or expired) and hand the task back, no retry charged.
+CANCEL_LEASE = _operator_action(
+    "status = 'in_progress'",
+    f"status = 'idle', available_at = statement_timestamp(), {_FINISHED}",
+)
+# Done for good; never over a valid lease (its worker may still be at it).
+MARK_DONE = _operator_action(
+    f"status IN ('idle', 'failed') OR ({_EXPIRED})",
+    f"status = 'done', available_at = NULL, {_FINISHED}",
+)
+# Failed, as a worker's release would: retried while retries are left.
+MARK_FAILED = _operator_action(
+    f"status IN ('idle', 'done') OR ({_EXPIRED})",
+    "status = 'failed', available_at = CASE WHEN t.retries_left > 0 "
+    f"THEN statement_timestamp() END, {_FINISHED}",
+)
+
+# Why the ids an operator action did not change were skipped.
+DESCRIBE_SKIPPED = """
+SELECT id, status, status = 'in_progress' AND lease_expires_at > statement_timestamp()
+FROM tasks_app_task
+WHERE id = ANY(%(ids)s)
 """

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from django.db import connection
 from django.utils import timezone
 
+from namespaces_app.models import Namespace
 from tasks_app import sql
 from tasks_app.models import SweepRecord
 
@@ -51,6 +52,8 @@ def reclaim_expired_leases(*, batch_size: int = SWEEP_BATCH) -> ReclaimResult:
         failed_for_good += len(outcomes) - sum(outcomes)
         if len(outcomes) < batch_size:
             break
+    with connection.cursor() as cursor:
+        cursor.execute(sql.PURGE_THROUGHPUT)
     result = ReclaimResult(
         reclaimed=retryable + failed_for_good,
         retryable=retryable,
@@ -83,13 +86,19 @@ def purge_done_tasks(
     assert now is not None
     cutoff = now - older_than
     deleted = 0
-    while True:
-        with connection.cursor() as cursor:
-            cursor.execute(sql.PURGE_DONE, {"cutoff": cutoff, "batch": batch_size})
-            count = cursor.rowcount
-        deleted += count
-        if count < batch_size:
-            break
+    # Namespace by namespace: each batch is then a range scan of
+    # `task_done_idx` on (namespace_id, updated_at).
+    for namespace_id in Namespace.objects.values_list("pk", flat=True):
+        while True:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    sql.PURGE_DONE,
+                    {"namespace_id": namespace_id, "cutoff": cutoff, "batch": batch_size},
+                )
+                count = cursor.rowcount
+            deleted += count
+            if count < batch_size:
+                break
     _record(PURGE_JOB, affected=deleted, detail={"cutoff": cutoff.isoformat()})
     logger.info("purged %d done tasks last updated before %s", deleted, cutoff.isoformat())
     return deleted

@@ -1,0 +1,281 @@
+"""Operators' controls over tasks.
+
+Lease fields are read-only; status changes only through the actions below,
+and every action goes through `tasks_app.services`, which applies the same
+lease rules as the API.
+"""
+
+from collections.abc import Callable
+from typing import Any, cast
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.admin.models import CHANGE, LogEntry
+from django.contrib.contenttypes.models import ContentType
+from django.db.models import BooleanField, ExpressionWrapper, Q, QuerySet
+from django.db.models.functions import Now
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.utils.html import format_html
+
+from namespaces_app.models import Namespace
+from taskq_project.counting import EstimatedCountPaginator, count_or_estimate
+from taskq_project.ids import id_problem
+from tasks_app import services
+from tasks_app.models import DEFAULT_RETRIES, DEFAULT_TIMEOUT, MAX_INT, RESERVED_TASK_IDS, Task
+from tasks_app.services import BulkResult, NewTask, OperatorAction
+
+STATE_FILTERS: dict[str, tuple[str, Q]] = {
+    "idle": ("Idle", Q(status="idle")),
+    "in_progress": ("In progress", Q(status="in_progress", lease_expires_at__gt=Now())),
+    "expired": ("Lease expired", Q(status="in_progress", lease_expires_at__lte=Now())),
+    "done": ("Done", Q(status="done")),
+    "failed_retry": ("Failed, will retry", Q(status="failed", retries_left__gt=0)),
+    "failed_for_good": ("Failed for good", Q(status="failed", retries_left=0)),
+}
+
+
+class StateFilter(admin.SimpleListFilter):
+    """Status as operators think of it: a lease can be expired, a failure final."""
+
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(key, label) for key, (label, _) in STATE_FILTERS.items()]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Task]) -> QuerySet[Task]:
+        choice = self.value()
+        if choice in STATE_FILTERS:
+            return queryset.filter(STATE_FILTERS[choice][1])
+        return queryset
+
+
+class NamespaceFilter(admin.SimpleListFilter):
+    """Namespaces from their own (small) table, never a DISTINCT over tasks."""
+
+    title = "namespace"
+    parameter_name = "namespace__id__exact"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(ns, ns) for ns in Namespace.objects.values_list("pk", flat=True)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Task]) -> QuerySet[Task]:
+        if self.value():
+            return queryset.filter(namespace_id=self.value())
+        return queryset
+
+
+class TaskAddForm(forms.ModelForm):
+    timeout = forms.IntegerField(min_value=1, max_value=MAX_INT, initial=DEFAULT_TIMEOUT)
+    retries_left = forms.IntegerField(min_value=0, max_value=MAX_INT, initial=DEFAULT_RETRIES)
+
+    class Meta:
+        model = Task
+        fields = ["id", "namespace", "timeout", "retries_left"]
+
+    def clean_id(self) -> str:
+        value = self.cleaned_data["id"]
+        problem = id_problem(value)
+        if problem:
+            raise forms.ValidationError(f"Id {problem}.")
+        if value in RESERVED_TASK_IDS:
+            raise forms.ValidationError(f"{value!r} is reserved.")
+        return value
+
+
+class RequeueForm(forms.Form):
+    reset_retries_to = forms.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=MAX_INT,
+        label="Reset retries left to",
+        help_text="Leave empty to keep each task's retries as they are.",
+    )
+
+
+def _log(request: HttpRequest, action: str, result: BulkResult, scope: str) -> None:
+    LogEntry.objects.create(
+        user_id=cast(int, request.user.pk),
+        content_type=ContentType.objects.get_for_model(Task),
+        object_id=None,
+        object_repr=f"{action} on {scope}"[:200],
+        action_flag=CHANGE,
+        change_message=f"{action}: {result.summary()}",
+    )
+
+
+def _report(request: HttpRequest, label: str, result: BulkResult) -> None:
+    level = messages.SUCCESS if result.changed else messages.WARNING
+    messages.add_message(request, level, f"{label}: {result.summary()}.")
+
+
+def _operator_action(
+    action: OperatorAction, label: str, permission: str
+) -> Callable[[admin.ModelAdmin, HttpRequest, QuerySet[Task]], HttpResponse | None]:
+    def run(
+        modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Task]
+    ) -> HttpResponse | None:
+        return modeladmin.run_operator_action(request, queryset, action, label)  # type: ignore[attr-defined, no-any-return]
+
+    run.__name__ = action.value
+    return admin.action(description=f"{label} selected tasks", permissions=[permission])(run)
+
+
+@admin.register(Task)
+class TaskAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "namespace_link",
+        "status",
+        "retries_left",
+        "timeout",
+        "updated_at",
+        "lease_expiry",
+    ]
+    list_filter = [NamespaceFilter, StateFilter]
+    search_fields = ["id"]
+    search_help_text = "Tasks whose id starts with the text (case-sensitive)."
+    list_per_page = 100
+    show_full_result_count = False
+    paginator = EstimatedCountPaginator
+    ordering = ["namespace_id", "id"]
+    actions = [
+        _operator_action(OperatorAction.REQUEUE, "Requeue", "change"),
+        _operator_action(OperatorAction.CANCEL_LEASE, "Cancel the lease of", "change"),
+        _operator_action(OperatorAction.MARK_DONE, "Mark done", "change"),
+        _operator_action(OperatorAction.MARK_FAILED, "Mark failed", "change"),
+        _operator_action(OperatorAction.DELETE, "Delete", "delete"),
+    ]
+    readonly_fields = [
+        "id",
+        "namespace",
+        "status",
+        "timeout",
+        "retries_left",
+        "created_at",
+        "updated_at",
+        "available_at",
+        "lease_expires_at",
+    ]
+
+    @admin.display(description="namespace", ordering="namespace_id")
+    def namespace_link(self, task: Task) -> str:
+        return task.namespace_id
+
+    @admin.display(description="lease expiry", ordering="lease_expires_at")
+    def lease_expiry(self, task: Task) -> str:
+        if task.lease_expires_at is None:
+            return "—"
+        when = task.lease_expires_at.strftime("%Y-%m-%d %H:%M:%S")
+        if getattr(task, "lease_is_expired", False):
+            return format_html('{} <strong class="taskq-expired">expired</strong>', when)
+        return when
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Task]:
+        # Expiry is judged on the database clock, like every lease decision.
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                lease_is_expired=ExpressionWrapper(
+                    Q(status="in_progress", lease_expires_at__lte=Now()),
+                    output_field=BooleanField(),
+                )
+            )
+        )
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Task], search_term: str
+    ) -> tuple[QuerySet[Task], bool]:
+        # A case-sensitive prefix match is served by the id's pattern index
+        # (varchar_pattern_ops); the admin's default `icontains` scans.
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        return queryset.filter(id__startswith=term), False
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        found = super().get_actions(request)
+        # The built-in bulk delete loads every object to collect relations.
+        found.pop("delete_selected", None)
+        return found
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Task | None = None) -> Any:
+        return self.readonly_fields if obj is not None else []
+
+    def get_form(
+        self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
+    ) -> Any:
+        if obj is None:
+            kwargs["form"] = TaskAddForm
+        return super().get_form(request, obj, change, **kwargs)
+
+    def save_model(self, request: HttpRequest, obj: Task, form: Any, change: bool) -> None:
+        if change:
+            return  # nothing on an existing task is editable in the form
+        row = services.register_task(
+            task=NewTask(
+                id=obj.id,
+                namespace_id=obj.namespace_id,
+                timeout=obj.timeout,
+                retries_left=obj.retries_left,
+            )
+        )
+        obj.refresh_from_db()
+        assert obj.pk == row.id
+
+    def delete_model(self, request: HttpRequest, obj: Task) -> None:
+        services.delete_task(task_id=obj.pk)
+
+    def run_operator_action(
+        self, request: HttpRequest, queryset: QuerySet[Task], action: OperatorAction, label: str
+    ) -> HttpResponse | None:
+        select_across = request.POST.get("select_across") == "1"
+        reset: int | None = None
+        if action == OperatorAction.REQUEUE or select_across:
+            form = RequeueForm(request.POST if "confirm" in request.POST else None)
+            if "confirm" not in request.POST or not form.is_valid():
+                return self._confirmation(request, queryset, action, label, form, select_across)
+            if action == OperatorAction.REQUEUE:
+                reset = form.cleaned_data["reset_retries_to"]
+        if select_across:
+            result = services.apply_operator_action_to_queryset(
+                action=action, queryset=queryset, reset_retries_to=reset
+            )
+            scope = "all tasks matching the filter"
+        else:
+            ids = list(queryset.values_list("pk", flat=True)[: services.OPERATOR_BATCH])
+            result = services.apply_operator_action(
+                action=action, task_ids=ids, reset_retries_to=reset
+            )
+            scope = f"{len(ids)} selected tasks"
+        _log(request, label, result, scope)
+        _report(request, label, result)
+        return None
+
+    def _confirmation(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[Task],
+        action: OperatorAction,
+        label: str,
+        form: RequeueForm,
+        select_across: bool,
+    ) -> TemplateResponse:
+        count, estimated = count_or_estimate(queryset)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"{label} {'about ' if estimated else ''}{count} tasks?",
+            "opts": self.model._meta,
+            "action": action.value,
+            "label": label,
+            "count": count,
+            "estimated": estimated,
+            "select_across": select_across,
+            "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
+            "form": form if action == OperatorAction.REQUEUE else None,
+            "filters": request.get_full_path(),
+        }
+        return TemplateResponse(request, "admin/tasks_app/task/action_confirmation.html", context)

@@ -1,0 +1,221 @@
+"""The task admin: list, filters, search, read-only form, actions and permissions."""
+
+import pytest
+from django.contrib.admin.models import LogEntry
+from django.test import Client
+
+from tasks_app.models import Task
+from tasks_app.services import capture_tasks
+from tests.admin.conftest import staff_with
+from tests.factories import age_task, make_namespace, make_task, make_tasks, task_state
+
+URL = "/admin/tasks_app/task/"
+
+
+@pytest.fixture
+def tasks(db):
+    make_namespace("ns")
+    make_namespace("other")
+    make_tasks("ns", 5, prefix="idle")
+    make_tasks("ns", 4, prefix="final", status="failed", retries_left=0)
+    make_tasks("other", 3, prefix="o", status="failed", retries_left=0)
+    make_task("leased", "ns")
+    capture_tasks(namespace_id="ns", limit=1)  # leases idle000000 (FIFO)
+    make_task("late", "ns", retries_left=1)
+    capture_tasks(namespace_id="ns", limit=10)  # every idle task, "leased" and "late"
+    age_task("late", 3600)
+
+
+def post_action(client, action, ids=(), query="", select_across=False, **extra):
+    data = {
+        "action": action,
+        "_selected_action": list(ids),
+        "select_across": "1" if select_across else "0",
+        "index": "0",
+        **extra,
+    }
+    return client.post(URL + query, data, follow=True)
+
+
+def listed_ids(response) -> list[str]:
+    return [str(obj.pk) for obj in response.context["cl"].result_list]
+
+
+def test_task_list_shows_the_operator_columns(admin_client, tasks):
+    r = admin_client.get(URL)
+    assert r.status_code == 200
+    html = r.content.decode()
+    for header in ("Id", "Namespace", "Status", "Retries left", "Timeout", "Updated at"):
+        assert header in html
+    assert "Lease expiry" in html
+    assert "expired" in html  # the late task's lease is marked
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        ("failed_for_good", {"final000000", "final000001", "final000002", "final000003"}),
+        ("expired", {"late"}),
+        ("idle", set()),
+    ],
+)
+def test_state_filter(admin_client, tasks, state, expected):
+    r = admin_client.get(f"{URL}?namespace__id__exact=ns&state={state}")
+    assert set(listed_ids(r)) == expected
+
+
+def test_namespace_filter(admin_client, tasks):
+    r = admin_client.get(f"{URL}?namespace__id__exact=other")
+    assert listed_ids(r) == ["o000000", "o000001", "o000002"]
+
+
+def test_search_is_an_id_prefix_match(admin_client, tasks):
+    r = admin_client.get(f"{URL}?q=final00000")
+    assert set(listed_ids(r)) == {f"final{i:06d}" for i in range(4)}
+    assert listed_ids(admin_client.get(f"{URL}?q=inal")) == []
+
+
+def test_the_list_counts_large_results_by_estimate_only(admin_client, tasks, monkeypatch):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from taskq_project import counting
+
+    monkeypatch.setattr(counting, "EXACT_COUNT_LIMIT", 0)
+    with CaptureQueriesContext(connection) as queries:
+        r = admin_client.get(URL)
+    assert r.status_code == 200
+    assert r.context["cl"].show_full_result_count is False
+    task_counts = [
+        q["sql"] for q in queries if "COUNT(" in q["sql"].upper() and "tasks_app_task" in q["sql"]
+    ]
+    assert task_counts == []
+
+
+def test_task_change_form_is_read_only(admin_client, tasks):
+    r = admin_client.get(f"{URL}leased/change/")
+    assert r.status_code == 200
+    assert 'name="status"' not in r.content.decode()
+    assert 'name="lease_expires_at"' not in r.content.decode()
+    before = task_state("leased")
+    admin_client.post(f"{URL}leased/change/", {"status": "done", "retries_left": 99})
+    assert task_state("leased") == before
+
+
+def test_task_can_be_registered_from_the_admin(admin_client, tasks):
+    r = admin_client.post(
+        f"{URL}add/",
+        {"id": "from-admin", "namespace": "ns", "timeout": 60, "retries_left": 2},
+        follow=True,
+    )
+    assert r.status_code == 200
+    task = Task.objects.get(pk="from-admin")
+    assert (task.status, task.timeout, task.retries_left) == ("idle", 60, 2)
+    assert task.available_at is not None
+
+
+def test_registering_a_reserved_id_from_the_admin_is_refused(admin_client, tasks):
+    r = admin_client.post(
+        f"{URL}add/", {"id": "capture", "namespace": "ns", "timeout": 60, "retries_left": 2}
+    )
+    assert r.status_code == 200
+    assert "reserved" in r.content.decode()
+    assert not Task.objects.filter(pk="capture").exists()
+
+
+def test_mark_done_on_a_selection_reports_changed_and_skipped(admin_client, tasks):
+    r = post_action(admin_client, "mark_done", ["idle000001", "idle000000", "late"])
+    assert task_state("idle000001")["status"] == "in_progress"  # captured earlier: valid lease
+    text = r.content.decode()
+    assert "Mark done: 1 changed, 2 skipped (2 under a valid lease)." in text
+    assert task_state("late")["status"] == "done"
+    entry = LogEntry.objects.latest("action_time")
+    assert "Mark done: 1 changed, 2 skipped" in entry.change_message
+
+
+def test_cancel_lease_from_the_admin(admin_client, tasks):
+    post_action(admin_client, "cancel_lease", ["idle000000"])
+    assert task_state("idle000000")["status"] == "idle"
+
+
+def test_mark_failed_from_the_admin(admin_client, tasks):
+    post_action(admin_client, "mark_failed", ["late"])
+    assert task_state("late")["status"] == "failed"
+
+
+def test_delete_from_the_admin(admin_client, tasks):
+    r = post_action(admin_client, "delete", ["final000000", "final000001"])
+    assert "Delete: 2 changed." in r.content.decode()
+    assert not Task.objects.filter(pk__in=["final000000", "final000001"]).exists()
+
+
+def test_requeue_asks_whether_to_reset_retries_then_requeues(admin_client, tasks):
+    r = post_action(admin_client, "requeue", ["final000000", "final000001"])
+    assert "Reset retries left to" in r.content.decode()
+    assert task_state("final000000")["status"] == "failed"  # nothing yet
+    r = post_action(
+        admin_client,
+        "requeue",
+        ["final000000", "final000001"],
+        confirm="yes",
+        reset_retries_to="2",
+    )
+    assert "Requeue: 2 changed." in r.content.decode()
+    assert task_state("final000000") == {
+        "status": "idle",
+        "retries_left": 2,
+        "capturable_later": True,
+        "leased": False,
+    }
+
+
+def test_requeue_everything_matching_the_filter_confirms_the_count_first(admin_client, tasks):
+    query = "?namespace__id__exact=ns&state=failed_for_good"
+    r = post_action(admin_client, "requeue", ["final000000"], query=query, select_across=True)
+    assert "every task matching the current filter" in r.content.decode()
+    assert "<strong>4</strong>" in r.content.decode()
+    r = post_action(
+        admin_client, "requeue", ["final000000"], query=query, select_across=True, confirm="yes"
+    )
+    assert "Requeue: 4 changed." in r.content.decode()
+    assert all(task_state(f"final{i:06d}")["status"] == "idle" for i in range(4))
+    # The other namespace's failed tasks did not match the filter.
+    assert task_state("o000000")["status"] == "failed"
+
+
+def test_other_actions_on_everything_matching_also_confirm_first(admin_client, tasks):
+    query = "?namespace__id__exact=other"
+    r = post_action(admin_client, "delete", ["o000000"], query=query, select_across=True)
+    assert "<strong>3</strong>" in r.content.decode()
+    assert Task.objects.filter(namespace_id="other").count() == 3
+    post_action(admin_client, "delete", ["o000000"], query=query, select_across=True, confirm="yes")
+    assert Task.objects.filter(namespace_id="other").count() == 0
+
+
+def test_staff_without_change_permission_cannot_act(tasks):
+    client = Client()
+    client.force_login(staff_with("tasks_app.view_task"))
+    r = client.get(URL)
+    assert r.status_code == 200
+    assert 'value="mark_done"' not in r.content.decode()
+    post_action(client, "mark_done", ["late"])
+    post_action(client, "delete", ["late"])
+    assert task_state("late")["status"] == "in_progress"
+
+
+def test_staff_with_change_but_not_delete_permission_cannot_delete(tasks):
+    client = Client()
+    client.force_login(staff_with("tasks_app.view_task", "tasks_app.change_task"))
+    post_action(client, "delete", ["late"])
+    assert Task.objects.filter(pk="late").exists()
+    post_action(client, "mark_done", ["late"])
+    assert task_state("late")["status"] == "done"
+
+
+def test_an_api_token_does_not_open_the_admin(tasks, token):
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {token}")
+    r = client.get(URL)
+    assert r.status_code == 302
+    assert "/admin/login/" in r["Location"]
+    r = post_action(client, "delete", ["late"])
+    assert Task.objects.filter(pk="late").exists()
