@@ -74,3 +74,51 @@ class CaptureSerializer(StrictSerializer):
                 {"limit": ["A whole number from 1 to 1000 is required."]}
             )
         return super().to_internal_value(data)
+
+
+class TaskBatchSerializer(serializers.Serializer):
+    """A JSON list of task objects, registered together or not at all.
+
+    Errors name the failing item by position and id, e.g. "item 3 (id 'x'):
+    timeout: ...", and `errors` lists one entry per item.
+    """
+
+    def __init__(self, *, data: list[Any]) -> None:
+        super().__init__(data=data)
+        self._items: list[NewTask] = []
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not data:
+            raise serializers.ValidationError({"non_field_errors": ["The list of tasks is empty."]})
+        if len(data) > MAX_BATCH:
+            raise serializers.ValidationError(
+                {"non_field_errors": [f"At most {MAX_BATCH} tasks per request (got {len(data)})."]}
+            )
+        items: list[NewTask] = []
+        first_seen: dict[str, int] = {}
+        for index, item in enumerate(data):
+            serializer = TaskCreateSerializer(data=item)
+            if not serializer.is_valid():
+                label = _item_label(index, item)
+                raise serializers.ValidationError({label: serializer.errors})
+            task = serializer.to_new_task()
+            if task.id in first_seen:
+                raise serializers.ValidationError(
+                    {
+                        _item_label(index, item): {
+                            "id": [f"Duplicate of item {first_seen[task.id]} in this list."]
+                        }
+                    }
+                )
+            first_seen[task.id] = index
+            items.append(task)
+        self._items = items
+        return {}
+
+    def to_new_tasks(self) -> list[NewTask]:
+        return self._items
+
+
+def _item_label(index: int, item: Any) -> str:
+    task_id = item.get("id") if isinstance(item, dict) else None
+    return f"item {index}" + (f" (id {task_id!r})" if isinstance(task_id, str) else "")

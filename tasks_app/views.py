@@ -13,7 +13,12 @@ from tasks_app.filters import TaskFilter
 from tasks_app.models import Task
 from tasks_app.pagination import TaskCursorPagination
 from tasks_app.rendering import render_task
-from tasks_app.serializers import CaptureSerializer, ReleaseSerializer, TaskCreateSerializer
+from tasks_app.serializers import (
+    CaptureSerializer,
+    ReleaseSerializer,
+    TaskBatchSerializer,
+    TaskCreateSerializer,
+)
 
 # Leases must never be served from, or stored in, an HTTP cache.
 NO_STORE = {"Cache-Control": "no-store"}
@@ -43,6 +48,14 @@ class TaskViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         return self.get_paginated_response([render_task(task) for task in page or []])
 
     def create(self, request: Request) -> Response:
+        if isinstance(request.data, list):
+            # Additive to the seed: a list registers up to 1,000 tasks at once.
+            batch = TaskBatchSerializer(data=request.data)
+            batch.is_valid(raise_exception=True)
+            rows = services.register_tasks(tasks=batch.to_new_tasks())
+            return Response(
+                {"list": [render_task(row) for row in rows]}, status=status.HTTP_201_CREATED
+            )
         serializer = TaskCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         row = services.register_task(task=serializer.to_new_task())

@@ -7,26 +7,15 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from django.conf import settings
-from django.db import connection
+
+from tests.utils import database_url_of_test_database
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 BASE_DIR = Path(settings.BASE_DIR)
-
-
-def database_url_of_test_database() -> str:
-    db = connection.settings_dict
-    user = quote(db["USER"] or "", safe="")
-    password = quote(db["PASSWORD"] or "", safe="")
-    # A Unix socket directory is percent-encoded into the host part.
-    host = quote(db["HOST"] or "", safe="")
-    port = f":{db['PORT']}" if db["PORT"] else ""
-    name = quote(db["NAME"], safe="")
-    return f"postgresql://{user}:{password}@{host}{port}/{name}"
 
 
 @pytest.fixture
