@@ -7,32 +7,62 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.utils import timezone
 
 from apikeys_app import services
 from apikeys_app.models import ApiToken
+from taskq_project.ids import id_problem
 
 
 class ApiTokenAddForm(forms.ModelForm):
+    namespaces = forms.CharField(
+        required=False,
+        help_text="Comma-separated namespace ids the token is limited to; empty for every "
+        "namespace.",
+    )
+
     class Meta:
         model = ApiToken
-        fields = ["name"]
+        fields = ["name", "role", "namespaces", "expires_at"]
+
+    def clean_namespaces(self) -> list[str]:
+        raw = self.cleaned_data.get("namespaces") or ""
+        names = sorted({part.strip() for part in raw.split(",") if part.strip()})
+        for name in names:
+            problem = id_problem(name)
+            if problem:
+                raise forms.ValidationError(f"{name!r}: id {problem}.")
+        return names
 
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    list_display = ["name", "prefix", "scope", "created_at", "last_used_at", "state"]
-    list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
+    list_display = ["name", "prefix", "role", "scope", "created_at", "last_used_at", "state"]
+    list_filter = ["role", ("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["name", "prefix"]
     actions = ["revoke"]
-    readonly_fields = ["name", "prefix", "scope", "created_at", "last_used_at", "revoked_at"]
+    readonly_fields = [
+        "name",
+        "prefix",
+        "role",
+        "scope",
+        "created_at",
+        "expires_at",
+        "last_used_at",
+        "revoked_at",
+    ]
 
-    @admin.display(description="scope")
+    @admin.display(description="namespaces")
     def scope(self, token: ApiToken) -> str:
-        return "full API access"
+        return ", ".join(token.namespaces) if token.namespaces else "every namespace"
 
-    @admin.display(description="state", boolean=False)
+    @admin.display(description="state")
     def state(self, token: ApiToken) -> str:
-        return "active" if token.is_active else f"revoked {token.revoked_at:%Y-%m-%d %H:%M}"
+        if not token.is_active:
+            return f"revoked {token.revoked_at:%Y-%m-%d %H:%M}"
+        if token.expires_at is not None and token.expires_at <= timezone.now():
+            return f"expired {token.expires_at:%Y-%m-%d %H:%M}"
+        return "active"
 
     @admin.action(description="Revoke selected tokens", permissions=["change"])
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:

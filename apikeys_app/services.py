@@ -1,11 +1,12 @@
 import secrets
+from collections.abc import Sequence
 from datetime import timedelta
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from apikeys_app.models import ApiToken, hash_secret
+from apikeys_app.models import ApiToken, Role, hash_secret
 
 TOKEN_PREFIX = "tq_"
 # How stale `last_used_at` may get: refreshing it on every request would turn
@@ -21,9 +22,24 @@ def issue_secret(token: ApiToken) -> str:
     return secret
 
 
-def create_token(*, name: str) -> tuple[ApiToken, str]:
-    """Create a token; return it and its secret, which is not stored anywhere."""
-    token = ApiToken(name=name)
+def create_token(
+    *,
+    name: str,
+    role: str = Role.OPERATOR,
+    namespaces: Sequence[str] = (),
+    expires_in: timedelta | None = None,
+) -> tuple[ApiToken, str]:
+    """Create a token; return it and its secret, which is not stored anywhere.
+
+    By default the token has full API access (operator, every namespace, no
+    expiry).
+    """
+    token = ApiToken(
+        name=name,
+        role=Role(role),
+        namespaces=sorted(set(namespaces)),
+        expires_at=timezone.now() + expires_in if expires_in is not None else None,
+    )
     secret = issue_secret(token)
     token.save()
     return token, secret
@@ -31,7 +47,11 @@ def create_token(*, name: str) -> tuple[ApiToken, str]:
 
 def authenticate_secret(secret: str) -> ApiToken | None:
     """The active token for `secret`, or None. Records its use (coarsely)."""
-    token = ApiToken.objects.filter(hashed_key=hash_secret(secret), revoked_at__isnull=True).first()
+    token = (
+        ApiToken.objects.filter(hashed_key=hash_secret(secret), revoked_at__isnull=True)
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=Now()))
+        .first()
+    )
     if token is None:
         return None
     now = timezone.now()

@@ -18,3 +18,11 @@ class NamespaceAlreadyExists(APIException):
 
     def __init__(self, namespace_id: str) -> None:
         super().__init__(f"Namespace {namespace_id!r} is already registered.")
+
+
+class NamespaceOutOfScope(APIException):
+    status_code = status.HTTP_403_FORBIDDEN
+    default_code = "namespace_out_of_scope"
+
+    def __init__(self, namespace_id: str) -> None:
+        super().__init__(f"This token is not allowed namespace {namespace_id!r}.")

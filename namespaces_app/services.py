@@ -2,12 +2,29 @@
 
 from django.db import IntegrityError, transaction
 
-from namespaces_app.exceptions import NamespaceAlreadyExists, NamespaceNotFound
+from namespaces_app.exceptions import (
+    NamespaceAlreadyExists,
+    NamespaceNotFound,
+    NamespaceOutOfScope,
+)
 from namespaces_app.models import Namespace
 
+Scope = frozenset[str] | None
 
-def register_namespace(*, namespace_id: str) -> Namespace:
-    """Create a namespace. Raises NamespaceAlreadyExists when the id is taken."""
+
+def in_scope(namespace_id: str, scope: Scope) -> bool:
+    """Whether a token limited to `scope` (None: unlimited) may see `namespace_id`."""
+    return scope is None or namespace_id in scope
+
+
+def register_namespace(*, namespace_id: str, scope: Scope = None) -> Namespace:
+    """Create a namespace. Raises NamespaceAlreadyExists when the id is taken.
+
+    A token limited to some namespaces may register only those (it was given
+    the names before they existed); others raise NamespaceOutOfScope.
+    """
+    if not in_scope(namespace_id, scope):
+        raise NamespaceOutOfScope(namespace_id)
     try:
         with transaction.atomic():
             return Namespace.objects.create(id=namespace_id)
@@ -15,7 +32,7 @@ def register_namespace(*, namespace_id: str) -> Namespace:
         raise NamespaceAlreadyExists(namespace_id) from None
 
 
-def delete_namespace(*, namespace_id: str) -> int:
+def delete_namespace(*, namespace_id: str, scope: Scope = None) -> int:
     """Delete a namespace and all its tasks; return how many tasks went with it.
 
     The namespace row is locked first (FOR UPDATE) so that a task registered
@@ -26,6 +43,8 @@ def delete_namespace(*, namespace_id: str) -> int:
     """
     from tasks_app.models import Task
 
+    if not in_scope(namespace_id, scope):
+        raise NamespaceNotFound(namespace_id)
     with transaction.atomic():
         namespace = Namespace.objects.select_for_update().filter(pk=namespace_id).first()
         if namespace is None:
@@ -35,12 +54,17 @@ def delete_namespace(*, namespace_id: str) -> int:
     return deleted_tasks
 
 
-def get_namespace(*, namespace_id: str) -> Namespace | None:
+def get_namespace(*, namespace_id: str, scope: Scope = None) -> Namespace | None:
+    if not in_scope(namespace_id, scope):
+        return None
     return Namespace.objects.filter(pk=namespace_id).first()
 
 
-def list_namespaces() -> list[Namespace]:
-    return list(Namespace.objects.order_by("id"))
+def list_namespaces(*, scope: Scope = None) -> list[Namespace]:
+    namespaces = Namespace.objects.order_by("id")
+    if scope is not None:
+        namespaces = namespaces.filter(pk__in=scope)
+    return list(namespaces)
 
 
 def namespace_exists(*, namespace_id: str) -> bool:

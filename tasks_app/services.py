@@ -17,6 +17,7 @@ from django.db.models import QuerySet
 
 from namespaces_app.exceptions import NamespaceNotFound
 from namespaces_app.models import Namespace
+from namespaces_app.services import Scope, in_scope
 from tasks_app import sql
 from tasks_app.exceptions import TaskAlreadyExists, TaskNotFound, UnknownNamespaceForTask
 from tasks_app.models import (
@@ -70,7 +71,7 @@ def _fetch_rows(query: str, params: dict[str, Any]) -> list[TaskRow]:
         return [TaskRow(*row) for row in cursor.fetchall()]
 
 
-def register_tasks(*, tasks: Sequence[NewTask]) -> list[TaskRow]:
+def register_tasks(*, tasks: Sequence[NewTask], scope: Scope = None) -> list[TaskRow]:
     """Register tasks all together or not at all; return them as stored.
 
     One transaction: the namespaces named are locked FOR KEY SHARE (so none
@@ -87,7 +88,8 @@ def register_tasks(*, tasks: Sequence[NewTask]) -> list[TaskRow]:
             cursor.execute(sql.LOCK_NAMESPACES, {"ids": namespace_ids})
             known = {row[0] for row in cursor.fetchall()}
         for namespace_id in namespace_ids:
-            if namespace_id not in known:
+            # Outside the token's namespaces is the same as not registered.
+            if namespace_id not in known or not in_scope(namespace_id, scope):
                 raise UnknownNamespaceForTask(namespace_id)
         rows = _fetch_rows(
             sql.REGISTER,
@@ -108,40 +110,44 @@ def register_tasks(*, tasks: Sequence[NewTask]) -> list[TaskRow]:
     return [by_id[task.id] for task in tasks]
 
 
-def register_task(*, task: NewTask) -> TaskRow:
+def register_task(*, task: NewTask, scope: Scope = None) -> TaskRow:
     """Register one task; see `register_tasks` for locking and errors."""
-    return register_tasks(tasks=[task])[0]
+    return register_tasks(tasks=[task], scope=scope)[0]
 
 
-def capture_tasks(*, namespace_id: str, limit: int) -> list[TaskRow]:
+def capture_tasks(*, namespace_id: str, limit: int, scope: Scope = None) -> list[TaskRow]:
     """Lease up to `limit` capturable tasks of a namespace (one statement).
 
     Never waits on a row another transaction holds (SKIP LOCKED). Raises
     NamespaceNotFound when nothing was leased because the namespace does not
     exist; the existence check runs only then, off the common path.
     """
+    if not in_scope(namespace_id, scope):
+        raise NamespaceNotFound(namespace_id)
     rows = _fetch_rows(sql.CAPTURE, {"namespace_id": namespace_id, "limit": limit})
     if not rows and not Namespace.objects.filter(pk=namespace_id).exists():
         raise NamespaceNotFound(namespace_id)
     return rows
 
 
-def release_tasks(*, task_ids: Sequence[str], status: str) -> ReleaseResult:
+def release_tasks(*, task_ids: Sequence[str], status: str, scope: Scope = None) -> ReleaseResult:
     """Finish the leases of `task_ids` with `status` (done, failed or idle).
 
     One statement releases every id that is in progress; the others are
     reported per id (not registered, or not in progress) and change nothing.
-    Released tasks come back in the order their ids were given.
+    Released tasks come back in the order their ids were given. Tasks outside
+    `scope` are reported as not registered and left alone.
     """
     if status not in RELEASE_STATUSES:
         raise ValueError(f"cannot release to {status!r}")
     unique_ids = list(dict.fromkeys(task_ids))
-    rows = _fetch_rows(sql.RELEASE, {"ids": unique_ids, "status": str(status)})
+    scope_list = sorted(scope) if scope is not None else None
+    rows = _fetch_rows(sql.RELEASE, {"ids": unique_ids, "status": str(status), "scope": scope_list})
     by_id = {row.id: row for row in rows}
     errors: list[ReleaseError] = []
     missed = [task_id for task_id in unique_ids if task_id not in by_id]
     if missed:
-        current = dict(Task.objects.filter(pk__in=missed).values_list("pk", "status"))
+        current = dict(visible_tasks(scope).filter(pk__in=missed).values_list("pk", "status"))
         for task_id in missed:
             if task_id not in current:
                 errors.append(ReleaseError(task_id, "Task is not registered."))
@@ -156,15 +162,22 @@ def release_tasks(*, task_ids: Sequence[str], status: str) -> ReleaseResult:
     )
 
 
-def delete_task(*, task_id: str) -> None:
+def delete_task(*, task_id: str, scope: Scope = None) -> None:
     """Delete a task whatever its state. Raises TaskNotFound."""
-    deleted, _ = Task.objects.filter(pk=task_id).delete()
+    deleted, _ = visible_tasks(scope).filter(pk=task_id).delete()
     if not deleted:
         raise TaskNotFound(task_id)
 
 
-def get_task(*, task_id: str) -> Task | None:
-    return Task.objects.filter(pk=task_id).first()
+def get_task(*, task_id: str, scope: Scope = None) -> Task | None:
+    return visible_tasks(scope).filter(pk=task_id).first()
+
+
+def visible_tasks(scope: Scope = None) -> QuerySet[Task]:
+    """The tasks a token limited to `scope` can see (all for None)."""
+    if scope is None:
+        return Task.objects.all()
+    return Task.objects.filter(namespace_id__in=scope)
 
 
 # --- Operator actions --------------------------------------------------------

@@ -76,6 +76,7 @@ WITH target AS (
     SELECT id
     FROM tasks_app_task
     WHERE id = ANY(%(ids)s) AND status = 'in_progress'
+      AND (%(scope)s::text[] IS NULL OR namespace_id = ANY(%(scope)s::text[]))
     ORDER BY id
     FOR UPDATE
 ), released AS (

@@ -7,6 +7,8 @@ from rest_framework.exceptions import MethodNotAllowed
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from apikeys_app.models import Role
+from apikeys_app.permissions import token_scope
 from taskq_project.views import validated_path_id
 from tasks_app import services
 from tasks_app.filters import TaskFilter
@@ -30,9 +32,15 @@ class TaskViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     lookup_value_regex = ".+?"
     filterset_class = TaskFilter
     pagination_class = TaskCursorPagination
+    required_roles = {
+        "list": Role.READ_ONLY,
+        "retrieve": Role.READ_ONLY,
+        "capture": Role.WORKER,
+        "release": Role.WORKER,
+    }
 
     def get_queryset(self) -> QuerySet[Task]:
-        return Task.objects.only(
+        return services.visible_tasks(token_scope(self.request)).only(
             "id",
             "namespace_id",
             "timeout",
@@ -52,24 +60,24 @@ class TaskViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
             # Additive to the seed: a list registers up to 1,000 tasks at once.
             batch = TaskBatchSerializer(data=request.data)
             batch.is_valid(raise_exception=True)
-            rows = services.register_tasks(tasks=batch.to_new_tasks())
+            rows = services.register_tasks(tasks=batch.to_new_tasks(), scope=token_scope(request))
             return Response(
                 {"list": [render_task(row) for row in rows]}, status=status.HTTP_201_CREATED
             )
         serializer = TaskCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        row = services.register_task(task=serializer.to_new_task())
+        row = services.register_task(task=serializer.to_new_task(), scope=token_scope(request))
         return Response(render_task(row), status=status.HTTP_201_CREATED)
 
     def retrieve(self, request: Request, pk: str) -> Response:
-        task = services.get_task(task_id=validated_path_id(pk))
+        task = services.get_task(task_id=validated_path_id(pk), scope=token_scope(request))
         if task is None:
             # The seed's contract: an unknown id is "204 No Content".
             return Response(status=status.HTTP_204_NO_CONTENT)
         return Response(render_task(task))
 
     def destroy(self, request: Request, pk: str) -> Response:
-        services.delete_task(task_id=validated_path_id(pk))
+        services.delete_task(task_id=validated_path_id(pk), scope=token_scope(request))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @action(detail=False, methods=["get", "post"])
@@ -84,14 +92,14 @@ class TaskViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         data = request.query_params if request.method == "GET" or not request.data else request.data
         serializer = CaptureSerializer(data=data)
         serializer.is_valid(raise_exception=True)
-        rows = services.capture_tasks(**serializer.validated_data)
+        rows = services.capture_tasks(**serializer.validated_data, scope=token_scope(request))
         return Response({"list": [render_task(row) for row in rows]}, headers=NO_STORE)
 
     @action(detail=False, methods=["put"])
     def release(self, request: Request) -> Response:
         serializer = ReleaseSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        result = services.release_tasks(**serializer.validated_data)
+        result = services.release_tasks(**serializer.validated_data, scope=token_scope(request))
         return Response(
             {
                 "list": [render_task(row) for row in result.released],

@@ -10,7 +10,7 @@ URL = "/admin/apikeys_app/apitoken/"
 
 
 def test_creating_a_token_shows_its_secret_once_and_stores_only_its_hash(admin_client):
-    r = admin_client.post(f"{URL}add/", {"name": "pool-a"})
+    r = admin_client.post(f"{URL}add/", {"name": "pool-a", "role": "worker"})
     assert r.status_code == 200
     assert "no-store" in r["Cache-Control"]
     found = re.search(r'id="taskq-new-token"[^>]*>([^<]+)<', r.content.decode())
@@ -31,7 +31,8 @@ def test_creating_a_token_shows_its_secret_once_and_stores_only_its_hash(admin_c
 def test_token_list_shows_name_last_use_and_scope(admin_client, token):
     html = admin_client.get(URL).content.decode()
     assert "test-worker" in html
-    assert "full API access" in html
+    assert "every namespace" in html
+    assert "operator" in html
     assert "active" in html
 
 
