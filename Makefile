@@ -19,7 +19,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 setup: $(VENV)/.installed
 
 migrate: setup
-	$(PY) manage.py migrate --noinput
+	TASKQ_DB_STATEMENT_TIMEOUT_MS=0 $(PY) manage.py migrate --noinput
 
 run: migrate
 	$(PY) manage.py collectstatic --noinput --verbosity 0

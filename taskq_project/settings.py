@@ -20,6 +20,29 @@ DEBUG = env_bool("DJANGO_DEBUG", default=False)
 # safe by default and every process of it (web, worker, commands) agrees.
 SECRET_KEY = env_str("DJANGO_SECRET_KEY") or local_secret_key(BASE_DIR / "var" / "secret_key")
 
+# Behind a TLS-terminating proxy (the production layout): trust its
+# X-Forwarded-Proto, redirect plain HTTP, secure the cookies, send HSTS.
+BEHIND_TLS_PROXY = env_bool("TASKQ_BEHIND_TLS_PROXY", default=False)
+if BEHIND_TLS_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    # Health checks come from the load balancer over plain HTTP.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("TASKQ_HSTS_SECONDS", default=31_536_000, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("TASKQ_HSTS_INCLUDE_SUBDOMAINS", default=True)
+    SECURE_HSTS_PRELOAD = env_bool("TASKQ_HSTS_PRELOAD", default=False)
+    if not SECURE_HSTS_PRELOAD:
+        # Joining the browsers' preload list is a deliberate, hard-to-undo
+        # choice per domain; without it the deploy check's reminder is noise.
+        SILENCED_SYSTEM_CHECKS = ["security.W021"]
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+
+# Where the admin lives (a less guessable path keeps scanners off its login).
+ADMIN_URL = env_str("TASKQ_ADMIN_URL", "admin/").strip("/") + "/"
+
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 
@@ -33,6 +56,7 @@ INSTALLED_APPS = [
     "django.contrib.postgres",
     "rest_framework",
     "django_filters",
+    "axes",
     "apikeys_app",
     "namespaces_app",
     "tasks_app",
@@ -47,7 +71,20 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it locks out repeated failed admin logins.
+    "axes.middleware.AxesMiddleware",
 ]
+
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Five failed logins for one username from one address lock that pair out.
+AXES_FAILURE_LIMIT = env_int("TASKQ_ADMIN_LOGIN_FAILURES", default=5, minimum=1)
+AXES_COOLOFF_TIME = env_int("TASKQ_ADMIN_LOCKOUT_MINUTES", default=15, minimum=1) / 60
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_IPWARE_PROXY_COUNT = 1 if BEHIND_TLS_PROXY else 0
 
 # The API answers with and without a trailing slash itself; a redirect would
 # turn a PUT into a GET in many clients.
@@ -90,6 +127,13 @@ if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
 # Transactions are owned by the services and kept to the statement that needs
 # them; a request-wide transaction would hold row locks while rendering.
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
+# No statement or idle transaction may hold locks for long; import, export and
+# migrations lift the statement limit for themselves.
+DATABASES["default"].setdefault("OPTIONS", {})["options"] = (
+    f"-c statement_timeout={env_int('TASKQ_DB_STATEMENT_TIMEOUT_MS', 30_000, minimum=0)} "
+    "-c idle_in_transaction_session_timeout="
+    f"{env_int('TASKQ_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS', 60_000, minimum=0)}"
+)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -117,11 +161,31 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_THROTTLE_CLASSES": ["apikeys_app.throttling.TokenRateThrottle"],
     "EXCEPTION_HANDLER": "taskq_project.api.exception_handler",
     "DEFAULT_METADATA_CLASS": "taskq_project.metadata.BasicMetadata",
     # `?format=` would answer 404 for any renderer but JSON; JSON is all there is.
     "URL_FORMAT_OVERRIDE": None,
     "UNAUTHENTICATED_USER": None,
+}
+
+# Requests per token, by role ("none" for no limit). Counted in the cache
+# below, so shared by every web process when that is Redis.
+TASKQ_THROTTLE_RATES = {
+    "read-only": env_str("TASKQ_THROTTLE_READ_ONLY", "1200/min"),
+    "worker": env_str("TASKQ_THROTTLE_WORKER", "100000/min"),
+    "operator": env_str("TASKQ_THROTTLE_OPERATOR", "20000/min"),
+}
+
+# Redis when TASKQ_CACHE_URL is set (shared by every process: throttling
+# counts across web servers); otherwise a per-process local cache.
+TASKQ_CACHE_URL = env_str("TASKQ_CACHE_URL")
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": TASKQ_CACHE_URL}
+        if TASKQ_CACHE_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
 }
 
 # Request bodies: the largest legitimate one is a release of 1,000 ids of 255

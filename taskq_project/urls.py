@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
@@ -16,7 +17,7 @@ router.register("task", TaskViewSet, basename="task")
 urlpatterns = [
     path("v1/", include(router.urls)),
     path("healthz", healthz, name="healthz"),
-    path("admin/", admin.site.urls),
+    path(settings.ADMIN_URL, admin.site.urls),
 ]
 
 handler400 = "taskq_project.api.json_bad_request"

@@ -431,8 +431,10 @@ def import_tasks(
     result = ImportResult()
     try:
         with transaction.atomic(), connection.cursor() as cursor:
-            # Room for the duplicate check's hash of every id in the file.
+            # Room for the duplicate check's hash of every id in the file, and
+            # no statement limit: a large file takes as long as it takes.
             cursor.execute("SET LOCAL work_mem = '128MB'")
+            cursor.execute("SET LOCAL statement_timeout = 0")
             cursor.execute(_STAGING)
             if fmt == "csv":
                 _copy_csv(cursor, source, progress)
@@ -529,7 +531,8 @@ def export_tasks(
     params = {"namespace": namespace, "status": status}
     written = 0
     # One COPY statement: one consistent snapshot, however long it streams.
-    with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL statement_timeout = 0")
         query = cursor.mogrify(_EXPORT_SELECT, params)
         if fmt == "csv":
             statement = f"COPY ({query}) TO STDOUT (FORMAT csv, HEADER)"

@@ -10,7 +10,7 @@ from rest_framework.test import APIClient
 
 from apikeys_app.models import ApiToken
 from apikeys_app.services import create_token
-from tests.factories import make_namespace, make_task, make_tasks
+from tests.factories import make_namespace, make_tasks
 
 pytestmark = pytest.mark.django_db
 
