@@ -9,7 +9,7 @@ PORT ?= 8000
 
 export PORT
 
-.PHONY: run test setup migrate lint format db-stop clean
+.PHONY: run test fuzz setup migrate lint format db-stop clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ run: migrate
 
 test: setup
 	$(PY) -m pytest
+
+# schemathesis against a live server, held to the OpenAPI schema (fixed seed).
+fuzz: setup
+	$(PY) scripts/fuzz.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -9,11 +9,12 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, JsonResponse
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import exceptions, serializers
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from taskq_project.ids import id_problem
+from taskq_project.ids import ID_SCHEMA, id_problem
 
 
 def _first_message(errors: Any, path: str = "") -> str:
@@ -81,6 +82,7 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
+@extend_schema_field(ID_SCHEMA)
 class IdField(serializers.Field):
     """An id of a namespace or task: a JSON string of 1-255 characters, no control characters."""
 

@@ -4,6 +4,11 @@ import unicodedata
 
 MAX_ID_LENGTH = 255
 
+# The same rules as `id_problem`, for the OpenAPI schema: no control
+# characters, and no '/' at the end.
+ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x1f\x7f-\x9f/]$"
+ID_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": ID_PATTERN}
+
 # Categories PostgreSQL cannot store (NUL) or that cannot be encoded (lone
 # surrogates), plus the rest of the control characters, which only ever appear
 # in ids by mistake and make them impossible to read back in logs and URLs.

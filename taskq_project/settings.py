@@ -56,6 +56,8 @@ INSTALLED_APPS = [
     "django.contrib.postgres",
     "rest_framework",
     "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "axes",
     "apikeys_app",
     "namespaces_app",
@@ -163,10 +165,34 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_THROTTLE_CLASSES": ["apikeys_app.throttling.TokenRateThrottle"],
     "EXCEPTION_HANDLER": "taskq_project.api.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_METADATA_CLASS": "taskq_project.metadata.BasicMetadata",
     # `?format=` would answer 404 for any renderer but JSON; JSON is all there is.
     "URL_FORMAT_OVERRIDE": None,
     "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "taskq API",
+    "DESCRIPTION": "Lease tasks over REST: register namespaces and tasks, capture batches "
+    "of tasks, release them as done, failed or idle.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    # Swagger UI and ReDoc from local static files: no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "TaskStatusEnum": "tasks_app.models.TaskStatus",
+        "ReleaseStatusEnum": ["done", "failed", "idle"],
+    },
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "taskq_project.schema.seed_paths",
+    ],
 }
 
 # Requests per token, by role ("none" for no limit). Counted in the cache

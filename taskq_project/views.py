@@ -1,3 +1,5 @@
+import re
+
 from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest, JsonResponse
@@ -6,10 +8,23 @@ from rest_framework.exceptions import ValidationError
 from taskq_project.ids import id_problem
 from tasks_app.sweeper import sweeper_health
 
+# An encoded slash right before the end of the path (and its optional
+# trailing slash): `/v1/task/x%2F` asks for the id `x/`, which cannot exist.
+_ENCODED_TRAILING_SLASH = re.compile(r"%2f/?$", re.IGNORECASE)
 
-def validated_path_id(value: str) -> str:
-    """An id taken from the URL path, refused with a 400 when no id could have it."""
+
+def validated_path_id(value: str, request: HttpRequest | None = None) -> str:
+    """An id taken from the URL path, refused with a 400 when no id could have it.
+
+    When the server passes the undecoded path on (gunicorn's RAW_URI), an id
+    ending in an encoded '/' is refused too; once decoded it would read as its
+    neighbour without the slash.
+    """
     problem = id_problem(value)
+    if problem is None and request is not None:
+        raw = request.META.get("RAW_URI", "").split("?", 1)[0]
+        if _ENCODED_TRAILING_SLASH.search(raw):
+            problem = "must not end with '/'"
     if problem is not None:
         raise ValidationError({"id": [f"Id {problem}."]})
     return value

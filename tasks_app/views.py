@@ -1,6 +1,12 @@
 from typing import Any
 
 from django.db.models import QuerySet
+from drf_spectacular.utils import (
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import MethodNotAllowed
@@ -9,6 +15,7 @@ from rest_framework.response import Response
 
 from apikeys_app.models import Role
 from apikeys_app.permissions import token_scope
+from taskq_project import schema
 from taskq_project.views import validated_path_id
 from tasks_app import services
 from tasks_app.filters import TaskFilter
@@ -26,10 +33,58 @@ from tasks_app.serializers import (
 NO_STORE = {"Cache-Control": "no-store"}
 
 
+TASK_REGISTERED = PolymorphicProxySerializer(
+    component_name="TaskRegistered",
+    serializers=[schema.TaskSerializer, schema.CapturedSerializer],
+    resource_type_field_name=None,
+)
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="List registered tasks",
+        parameters=schema.LIST_PARAMETERS,
+        responses={200: schema.TaskListSerializer, **schema.errors()},
+    ),
+    create=extend_schema(
+        summary="Register a task, or a list of up to 1,000 tasks",
+        request=schema.TASK_REGISTRATION,
+        responses={201: TASK_REGISTERED, **schema.errors(409, 413, 415)},
+    ),
+    retrieve=extend_schema(
+        summary="Read a registered task",
+        parameters=[schema.id_path("The task id.")],
+        responses={
+            200: schema.TaskSerializer,
+            204: OpenApiResponse(description="No such task (empty body)."),
+            **schema.errors(),
+        },
+    ),
+    destroy=extend_schema(
+        summary="Delete a task",
+        parameters=[schema.id_path("The task id.")],
+        responses={204: OpenApiResponse(description="Deleted."), **schema.errors(404)},
+    ),
+    capture=extend_schema(
+        summary="Capture (lease) tasks of a namespace",
+        description="GET as in the seed; POST takes the same parameters (query string or "
+        "JSON body) and is safe behind caches.",
+        parameters=[schema.NAMESPACE_ID_QUERY, schema.LIMIT_QUERY],
+        request=None,
+        responses={200: schema.CapturedSerializer, **schema.errors(404, 413, 415)},
+    ),
+    release=extend_schema(
+        summary="Release leased tasks",
+        request=ReleaseSerializer,
+        examples=[schema.RELEASE_EXAMPLE],
+        responses={200: schema.ReleasedSerializer, **schema.errors(413, 415)},
+    ),
+)
 class TaskViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     """`/v1/task`: register, list, read and delete tasks; capture and release leases."""
 
-    lookup_value_regex = ".+?"
+    # Any character, newlines included: the id is validated, not routed.
+    lookup_value_regex = r"[\s\S]+?"
     filterset_class = TaskFilter
     pagination_class = TaskCursorPagination
     required_roles = {
@@ -70,14 +125,14 @@ class TaskViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         return Response(render_task(row), status=status.HTTP_201_CREATED)
 
     def retrieve(self, request: Request, pk: str) -> Response:
-        task = services.get_task(task_id=validated_path_id(pk), scope=token_scope(request))
+        task = services.get_task(task_id=validated_path_id(pk, request), scope=token_scope(request))
         if task is None:
             # The seed's contract: an unknown id is "204 No Content".
             return Response(status=status.HTTP_204_NO_CONTENT)
         return Response(render_task(task))
 
     def destroy(self, request: Request, pk: str) -> Response:
-        services.delete_task(task_id=validated_path_id(pk), scope=token_scope(request))
+        services.delete_task(task_id=validated_path_id(pk, request), scope=token_scope(request))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @action(detail=False, methods=["get", "post"])

@@ -167,3 +167,30 @@ def test_task_id_ending_with_a_slash_is_refused(api, namespace, bad_id):
     assert r.status_code == 400
     assert "must not end with '/'" in r.json()["detail"]
     assert not Task.objects.exists()
+
+
+def test_an_encoded_trailing_slash_in_the_raw_path_is_refused(api, namespace):
+    make_tasks(namespace, 1, prefix="x")
+    r = api.get("/v1/task/x000000%2F", RAW_URI="/v1/task/x000000%2F")
+    assert r.status_code == 400
+    assert "must not end with '/'" in r.json()["detail"]
+    r = api.get("/v1/task/x000000/", RAW_URI="/v1/task/x000000/")
+    assert r.status_code == 200
+
+
+def test_list_refuses_a_namespace_id_no_namespace_could_have(api, db):
+    r = api.get("/v1/task?namespace_id=%C2%9B")
+    assert r.status_code == 400
+    assert "control characters" in r.json()["detail"]
+
+
+def test_ids_with_newlines_are_refused_not_unrouted(api, db):
+    r = api.get("/v1/namespace/a%0Ab")
+    assert r.status_code == 400
+    assert "control characters" in r.json()["detail"]
+
+
+def test_list_refuses_an_empty_namespace_id(api, db):
+    r = api.get("/v1/task?namespace_id=")
+    assert r.status_code == 400
+    assert "must not be empty" in r.json()["detail"]

@@ -1,0 +1,180 @@
+"""`make fuzz`: schemathesis against a live server, held to the OpenAPI schema.
+
+Creates a database of its own (`taskq_fuzz`, on the configured server),
+migrates it, registers a namespace with some tasks and an operator token,
+serves the API with gunicorn on a free local port, and runs schemathesis with
+a fixed seed. The server is always stopped, and the database dropped, however
+the run ends. Exits with schemathesis's own exit code.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import quote
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATABASE = "taskq_fuzz"
+CHECKS = ",".join(
+    [
+        "not_a_server_error",
+        "status_code_conformance",
+        "content_type_conformance",
+        "response_headers_conformance",
+        "response_schema_conformance",
+        "negative_data_rejection",
+        "unsupported_method",
+        "missing_required_header",
+        "ignored_auth",
+    ]
+)
+SEED = os.environ.get("FUZZ_SEED", "20261127")
+MAX_EXAMPLES = os.environ.get("FUZZ_MAX_EXAMPLES", "40")
+
+
+def django_setup() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "taskq_project.settings")
+    sys.path.insert(0, str(BASE_DIR))
+    import django
+
+    django.setup()
+
+
+def fuzz_database_url() -> str:
+    from django.db import connection
+
+    db = connection.settings_dict
+    user = quote(db["USER"] or "", safe="")
+    password = quote(db["PASSWORD"] or "", safe="")
+    host = quote(db["HOST"] or "", safe="")
+    port = f":{db['PORT']}" if db["PORT"] else ""
+    return f"postgresql://{user}:{password}@{host}{port}/{DATABASE}"
+
+
+def recreate_database(*, drop_only: bool = False) -> None:
+    from django.db import connection
+
+    with connection._nodb_cursor() as cursor:  # the server's maintenance database
+        cursor.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+        if not drop_only:
+            cursor.execute(f"CREATE DATABASE {DATABASE}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=BASE_DIR,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+
+def wait_until_up(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit("the server exited before it answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"the server did not answer at {url}")
+
+
+def main() -> int:
+    django_setup()
+    recreate_database()
+    env = {
+        **os.environ,
+        "DATABASE_URL": fuzz_database_url(),
+        # Fuzzing sends thousands of requests with one token.
+        "TASKQ_THROTTLE_OPERATOR": "none",
+        "TASKQ_DB_STATEMENT_TIMEOUT_MS": "0",
+    }
+    server = None
+    try:
+        manage(env, "migrate", "--noinput")
+        manage(
+            env,
+            "shell",
+            "-c",
+            "from namespaces_app.services import register_namespace as r;"
+            "from tests.factories import make_tasks;"
+            "r(namespace_id='fuzz'); make_tasks('fuzz', 50)",
+        )
+        token = manage(env, "create_api_token", "fuzz").strip().splitlines()[-1]
+        port = free_port()
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                "taskq_project/gunicorn.conf.py",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                "2",
+                "--access-logfile",
+                "/dev/null",
+            ],
+            cwd=BASE_DIR,
+            env=env,
+            start_new_session=True,
+        )
+        base = f"http://127.0.0.1:{port}"
+        wait_until_up(f"{base}/healthz", server)
+        command = [
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "run",
+            f"{base}/v1/schema",
+            "--checks",
+            CHECKS,
+            "--seed",
+            SEED,
+            "--max-examples",
+            MAX_EXAMPLES,
+            "--header",
+            f"Authorization: Bearer {token}",
+            "--workers",
+            "2",
+            "--request-timeout",
+            "30",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--suppress-health-check",
+            "all",
+        ]
+        print(
+            "running:",
+            " ".join(c if "Bearer" not in c else "Authorization: Bearer ***" for c in command),
+            flush=True,
+        )
+        return subprocess.call(command, cwd=BASE_DIR, env=env)
+    finally:
+        if server is not None and server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+        recreate_database(drop_only=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
