@@ -1,7 +1,9 @@
 import secrets
+import time
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db.models import Q, QuerySet
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -45,20 +47,40 @@ def create_token(
     return token, secret
 
 
+# Tokens recently found valid, per process: hashed key -> (token, when looked up).
+# Workers call many times a second; a database round trip per call for the
+# same token is a real share of a capture's cost. A revocation reaches other
+# processes within TASKQ_TOKEN_CACHE_SECONDS.
+_recent: dict[str, tuple[ApiToken, float]] = {}
+
+
 def authenticate_secret(secret: str) -> ApiToken | None:
     """The active token for `secret`, or None. Records its use (coarsely)."""
+    hashed = hash_secret(secret)
+    now = timezone.now()
+    cached = _recent.get(hashed)
+    if cached is not None and time.monotonic() - cached[1] < settings.TASKQ_TOKEN_CACHE_SECONDS:
+        known = cached[0]
+        if known.expires_at is None or known.expires_at > now:
+            _record_use(known, now)
+            return known
     token = (
-        ApiToken.objects.filter(hashed_key=hash_secret(secret), revoked_at__isnull=True)
+        ApiToken.objects.filter(hashed_key=hashed, revoked_at__isnull=True)
         .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=Now()))
         .first()
     )
     if token is None:
+        _recent.pop(hashed, None)
         return None
-    now = timezone.now()
+    _recent[hashed] = (token, time.monotonic())
+    _record_use(token, now)
+    return token
+
+
+def _record_use(token: ApiToken, now: datetime) -> None:
     if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=Now())
         token.last_used_at = now
-    return token
 
 
 def revoke_token(*, token: ApiToken) -> None:
@@ -66,5 +88,11 @@ def revoke_token(*, token: ApiToken) -> None:
 
 
 def revoke_tokens(*, queryset: QuerySet[ApiToken]) -> int:
-    """Revoke the active tokens of `queryset` at once; return how many."""
-    return queryset.filter(revoked_at__isnull=True).update(revoked_at=Now())
+    """Revoke the active tokens of `queryset` at once; return how many.
+
+    Effective at once in this process, and within TASKQ_TOKEN_CACHE_SECONDS
+    in the others.
+    """
+    revoked = queryset.filter(revoked_at__isnull=True).update(revoked_at=Now())
+    _recent.clear()
+    return revoked

@@ -4,14 +4,18 @@ Every error answers JSON with a human-readable `detail`; validation errors
 also carry `errors`, keyed by field, so clients can point at what was wrong.
 """
 
+from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, JsonResponse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import exceptions, serializers
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
+from rest_framework.utils import encoders
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from taskq_project.ids import ID_SCHEMA, id_problem
@@ -109,3 +113,28 @@ class StrictSerializer(serializers.Serializer):
             if unknown:
                 raise serializers.ValidationError({key: ["Unknown field."] for key in unknown})
         return super().to_internal_value(data)
+
+
+class FastJSONRenderer(JSONRenderer):
+    """JSON via orjson: several times faster than the standard library on the
+    thousand-task answers of capture and release. Same media type and output
+    shape as DRF's renderer (compact, UTF-8)."""
+
+    def render(
+        self,
+        data: Any,
+        accepted_media_type: str | None = None,
+        renderer_context: Mapping[str, Any] | None = None,
+    ) -> bytes:
+        if data is None:
+            return b""
+        try:
+            return orjson.dumps(data, option=orjson.OPT_PASSTHROUGH_DATETIME, default=_fallback)
+        except TypeError:
+            # Anything orjson cannot take (lazy translations in DRF's own
+            # messages, for one) goes through DRF's encoder.
+            return super().render(data, accepted_media_type, renderer_context)
+
+
+def _fallback(value: Any) -> Any:
+    return encoders.JSONEncoder().default(value)

@@ -160,7 +160,7 @@ REST_FRAMEWORK = {
         "rest_framework.permissions.IsAuthenticated",
         "apikeys_app.permissions.TokenRole",
     ],
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_RENDERER_CLASSES": ["taskq_project.api.FastJSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_THROTTLE_CLASSES": ["apikeys_app.throttling.TokenRateThrottle"],
@@ -194,6 +194,10 @@ SPECTACULAR_SETTINGS = {
         "taskq_project.schema.seed_paths",
     ],
 }
+
+# How long a web process trusts a token it has checked (revocation reaches
+# every process within this).
+TASKQ_TOKEN_CACHE_SECONDS = env_int("TASKQ_TOKEN_CACHE_SECONDS", default=5, minimum=0)
 
 # Requests per token, by role ("none" for no limit). Counted in the cache
 # below, so shared by every web process when that is Redis.

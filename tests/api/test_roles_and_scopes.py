@@ -159,7 +159,10 @@ class TestNamespaceLimitedToken:
         assert len(limited.get("/v1/task/capture?namespace_id=mine&limit=5").json()["list"]) == 3
 
 
-def test_an_expired_token_is_refused(world):
+def test_an_expired_token_is_refused(world, settings):
+    # The expiry is changed behind the service's back, as another process
+    # would see it: no per-process token cache in between.
+    settings.TASKQ_TOKEN_CACHE_SECONDS = 0
     token, secret = create_token(name="old", expires_in=timedelta(days=1))
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
@@ -199,3 +202,17 @@ def test_create_api_token_without_options_keeps_full_access(world):
     call_command("create_api_token", "full", stdout=out)
     token = ApiToken.objects.get(name="full")
     assert (token.role, token.namespaces, token.expires_at) == ("operator", [], None)
+
+
+def test_a_revocation_by_another_process_takes_effect_within_the_cache_time(world, settings):
+    settings.TASKQ_TOKEN_CACHE_SECONDS = 3600
+    token, secret = create_token(name="cached")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    assert client.get("/v1/namespace").status_code == 200
+    # Revoked in the database by another process: this one trusts its cache ...
+    ApiToken.objects.filter(pk=token.pk).update(revoked_at=token.created_at)
+    assert client.get("/v1/namespace").status_code == 200
+    # ... until the cache time is over.
+    settings.TASKQ_TOKEN_CACHE_SECONDS = 0
+    assert client.get("/v1/namespace").status_code == 401
