@@ -131,7 +131,19 @@ if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 # No statement or idle transaction may hold locks for long; import, export and
 # migrations lift the statement limit for themselves.
-DATABASES["default"].setdefault("OPTIONS", {})["options"] = (
+# Server-side parameter binding lets psycopg prepare the statements a process
+# runs again and again (capture, release): PostgreSQL then skips parsing and
+# planning them on every call.
+# Behind a pooler in transaction mode (PgBouncer), set
+# TASKQ_DB_PREPARE_THRESHOLD=0 to turn prepared statements off.
+_PREPARE_THRESHOLD = env_int("TASKQ_DB_PREPARE_THRESHOLD", default=5, minimum=0)
+DATABASES["default"].setdefault("OPTIONS", {}).update(
+    {
+        "server_side_binding": _PREPARE_THRESHOLD > 0,
+        "prepare_threshold": _PREPARE_THRESHOLD or None,
+    }
+)
+DATABASES["default"]["OPTIONS"]["options"] = (
     f"-c statement_timeout={env_int('TASKQ_DB_STATEMENT_TIMEOUT_MS', 30_000, minimum=0)} "
     "-c idle_in_transaction_session_timeout="
     f"{env_int('TASKQ_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS', 60_000, minimum=0)}"

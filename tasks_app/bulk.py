@@ -21,6 +21,7 @@ from typing import IO, Any
 import orjson
 import psycopg
 from django.db import connection, transaction
+from psycopg import sql as psycopg_sql
 
 from tasks_app.models import DEFAULT_RETRIES, DEFAULT_TIMEOUT, MAX_INT, TaskStatus
 
@@ -511,12 +512,13 @@ def _all_rejections(cursor: Any) -> Iterator[Rejection]:
 
 # --- Export -----------------------------------------------------------------
 
-_EXPORT_SELECT = f"""
-SELECT {", ".join(COLUMNS)} FROM tasks_app_task
-WHERE (%(namespace)s::text IS NULL OR namespace_id = %(namespace)s)
-  AND (%(status)s::text IS NULL OR status = %(status)s)
-ORDER BY namespace_id, id
-"""
+# COPY takes no bound parameters: the filters are composed in as literals.
+_EXPORT_SELECT = psycopg_sql.SQL(
+    f"SELECT {', '.join(COLUMNS)} FROM tasks_app_task"
+    " WHERE ({namespace}::text IS NULL OR namespace_id = {namespace})"
+    " AND ({status}::text IS NULL OR status = {status})"
+    " ORDER BY namespace_id, id"
+)
 
 
 def export_tasks(
@@ -528,12 +530,13 @@ def export_tasks(
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}")
-    params = {"namespace": namespace, "status": status}
     written = 0
     # One COPY statement: one consistent snapshot, however long it streams.
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SET LOCAL statement_timeout = 0")
-        query = cursor.mogrify(_EXPORT_SELECT, params)
+        query = _EXPORT_SELECT.format(
+            namespace=psycopg_sql.Literal(namespace), status=psycopg_sql.Literal(status)
+        ).as_string(cursor.connection)
         if fmt == "csv":
             statement = f"COPY ({query}) TO STDOUT (FORMAT csv, HEADER)"
         else:

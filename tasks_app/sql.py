@@ -81,12 +81,12 @@ WITH target AS (
     FOR UPDATE
 ), released AS (
     UPDATE tasks_app_task AS t
-    SET status = %(status)s,
+    SET status = %(status)s::text,
         updated_at = statement_timestamp(),
         lease_expires_at = NULL,
         available_at = CASE
-            WHEN %(status)s = 'idle' THEN statement_timestamp()
-            WHEN %(status)s = 'failed' AND t.retries_left > 0 THEN statement_timestamp()
+            WHEN %(status)s::text = 'idle' THEN statement_timestamp()
+            WHEN %(status)s::text = 'failed' AND t.retries_left > 0 THEN statement_timestamp()
         END
     FROM target
     WHERE t.id = target.id
