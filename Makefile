@@ -9,7 +9,7 @@ PORT ?= 8000
 
 export PORT
 
-.PHONY: run test fuzz setup migrate lint format db-stop clean
+.PHONY: run test fuzz bench setup migrate lint format db-stop clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ test: setup
 # schemathesis against a live server, held to the OpenAPI schema (fixed seed).
 fuzz: setup
 	$(PY) scripts/fuzz.py
+
+# The capture/release throughput over HTTP against the raw-SQL limit (a few
+# minutes; see docs/benchmarks.md for this and the other benchmarks).
+bench: setup
+	$(PY) -m bench.throughput
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -23,6 +23,7 @@ import psycopg
 from django.db import connection, transaction
 from psycopg import sql as psycopg_sql
 
+from tasks_app import sql
 from tasks_app.models import DEFAULT_RETRIES, DEFAULT_TIMEOUT, MAX_INT, TaskStatus
 
 COLUMNS = ("id", "namespace_id", "timeout", "retries_left", "status")
@@ -223,18 +224,7 @@ SELECT count(*) FROM deleted
 # the sort, so earlier lines get earlier timestamps.
 _INSERT = f"""
 WITH inserted AS (
-    INSERT INTO tasks_app_task
-        (id, namespace_id, timeout, retries_left, status,
-         created_at, updated_at, available_at, lease_expires_at)
-    SELECT v.id, v.namespace_id, v.timeout, v.retries_left, v.status,
-           v.ts, v.ts,
-           CASE
-               WHEN v.status = 'idle' THEN v.ts
-               WHEN v.status = 'failed' AND v.retries_left > 0 THEN v.ts
-               WHEN v.status = 'in_progress' AND v.retries_left > 0
-                   THEN v.ts + make_interval(secs => v.timeout)
-           END,
-           CASE WHEN v.status = 'in_progress' THEN v.ts + make_interval(secs => v.timeout) END
+    {sql.INSERT_NEW_TASKS}
     FROM (
         SELECT s.id, coalesce(s.namespace_id, %(namespace)s) AS namespace_id,
                coalesce(s.timeout::int, {DEFAULT_TIMEOUT}) AS timeout,

@@ -102,7 +102,11 @@ SELECT {TASK_COLUMNS} FROM released
 # The timestamps come from clock_timestamp(), read once per row, rather than
 # the statement's clock, so that tasks registered in one batch line up for
 # FIFO in the order they were given.
-REGISTER = f"""
+#
+# INSERT_NEW_TASKS takes its rows from a relation `v` (id, namespace_id,
+# timeout, retries_left, status, ts) and derives the lease columns for the
+# state each task starts in; bulk import shares it.
+INSERT_NEW_TASKS = """
 INSERT INTO tasks_app_task
     (id, namespace_id, timeout, retries_left, status,
      created_at, updated_at, available_at, lease_expires_at)
@@ -115,6 +119,10 @@ SELECT v.id, v.namespace_id, v.timeout, v.retries_left, v.status,
                THEN v.ts + make_interval(secs => v.timeout)
        END,
        CASE WHEN v.status = 'in_progress' THEN v.ts + make_interval(secs => v.timeout) END
+"""
+
+REGISTER = f"""
+{INSERT_NEW_TASKS}
 FROM (
     SELECT u.*, clock_timestamp() AS ts
     FROM unnest(%(ids)s::text[], %(namespace_ids)s::text[], %(timeouts)s::int[],
