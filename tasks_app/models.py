@@ -104,6 +104,13 @@ class Task(models.Model):
                 name="task_done_idx",
                 condition=Q(status="done"),
             ),
+            # Failed tasks waiting for their retry, counted by the dashboard
+            # (in the capture index they would be mixed with every idle task).
+            models.Index(
+                fields=["namespace"],
+                name="task_failed_retry_idx",
+                condition=Q(status="failed", retries_left__gt=0),
+            ),
             # Tasks failed for good, which operators look for and requeue.
             models.Index(
                 fields=["namespace", "updated_at"],

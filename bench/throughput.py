@@ -1,0 +1,398 @@
+"""Throughput of the capture/release loop over HTTP, against the raw-SQL limit.
+
+Run from the repository root (`make bench` runs it with the defaults):
+
+    .venv/bin/python -m bench.throughput [--seconds 8] [--growth-rows 5000000]
+
+In one run, on one database of its own (`taskq_throughput`):
+
+1. The matrix. For each batch size B in {1, 10, 100} and number of workers K
+   in {4, 16}: K load-generating processes loop capture(limit=B) then
+   release(done) against gunicorn, configured as `make run` serves the API,
+   over keep-alive connections, for S seconds; then the same work straight in
+   SQL (the product's own capture and release statements, over psycopg) from
+   K processes for S seconds. Each side starts from the same freshly loaded,
+   vacuumed table. The figure that matters is the ratio HTTP / SQL.
+2. Table growth: capture p99 over HTTP with 10,000 tasks in the table, then
+   with 5,000,000 (all but those 10,000 done). Here workers hand tasks back
+   (release idle) so the table stays the size it is meant to be.
+
+The load generators, gunicorn and PostgreSQL share the machine's cores, as
+the issue's targets assume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    bench_database,
+    database_url,
+    machine_description,
+    original_environ,
+    percentile,
+    print_table,
+    setup_django,
+    verdict,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATABASE = "taskq_throughput"
+NAMESPACE = "bench"
+BATCHES = (1, 10, 100)
+WORKERS = (4, 16)
+# Targets from the issue.
+TARGET_RATIO = {100: 0.5, 1: 0.3}
+TARGET_GROWTH = 1.5
+
+LOAD_IDLE = """
+INSERT INTO tasks_app_task
+    (id, namespace_id, timeout, retries_left, status,
+     created_at, updated_at, available_at, lease_expires_at)
+SELECT %(prefix)s || lpad(g::text, 8, '0'), %(namespace)s, 300, 3, 'idle', v.at, v.at, v.at, NULL
+FROM generate_series(1, %(rows)s) AS g
+CROSS JOIN LATERAL (
+    SELECT statement_timestamp() - interval '1 day' + g * interval '1 microsecond' AS at
+) AS v
+"""
+
+LOAD_DONE = """
+INSERT INTO tasks_app_task
+    (id, namespace_id, timeout, retries_left, status,
+     created_at, updated_at, available_at, lease_expires_at)
+SELECT 'done-' || lpad(g::text, 8, '0'), %(namespace)s, 300, 0, 'done',
+       statement_timestamp() - interval '2 days', statement_timestamp() - interval '2 days',
+       NULL, NULL
+FROM generate_series(1, %(rows)s) AS g
+"""
+
+
+@dataclass
+class WorkerResult:
+    tasks: int = 0
+    latencies: list[float] = field(default_factory=list)
+    ran_dry: bool = False
+
+
+@dataclass
+class Run:
+    tasks: int
+    seconds: float
+    latencies: list[float]
+    ran_dry: bool
+
+    @property
+    def per_second(self) -> float:
+        return self.tasks / self.seconds
+
+    @property
+    def p50_ms(self) -> float:
+        return percentile(self.latencies, 50) * 1000
+
+    @property
+    def p99_ms(self) -> float:
+        return percentile(self.latencies, 99) * 1000
+
+
+# --- The load generators (run in their own processes) ---------------------------------
+
+
+def http_worker(
+    port: int, token: str, batch: int, release_as: str, start: float, seconds: float
+) -> WorkerResult:
+    import orjson
+
+    result = WorkerResult()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    capture_path = f"/v1/task/capture?namespace_id={NAMESPACE}&limit={batch}"
+    time.sleep(max(0.0, start - time.time()))
+    deadline = start + seconds
+    while time.time() < deadline:
+        began = time.perf_counter()
+        conn.request("GET", capture_path, headers=headers)
+        response = conn.getresponse()
+        body = response.read()
+        result.latencies.append(time.perf_counter() - began)
+        if response.status != 200:
+            raise RuntimeError(f"capture answered {response.status}: {body[:200]!r}")
+        ids = [task["id"] for task in orjson.loads(body)["list"]]
+        if not ids:
+            result.ran_dry = True
+            break
+        conn.request(
+            "PUT",
+            "/v1/task/release",
+            body=orjson.dumps({"status": release_as, "task_ids": ids}),
+            headers=headers,
+        )
+        response = conn.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"release answered {response.status}")
+        result.tasks += len(ids)
+    conn.close()
+    return result
+
+
+def sql_worker(
+    conninfo: str, batch: int, release_as: str, start: float, seconds: float
+) -> WorkerResult:
+    import psycopg
+
+    from tasks_app import sql
+
+    result = WorkerResult()
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SET statement_timeout = 0")
+        time.sleep(max(0.0, start - time.time()))
+        deadline = start + seconds
+        while time.time() < deadline:
+            began = time.perf_counter()
+            rows = conn.execute(sql.CAPTURE, {"namespace_id": NAMESPACE, "limit": batch}).fetchall()
+            result.latencies.append(time.perf_counter() - began)
+            ids = [row[0] for row in rows]
+            if not ids:
+                result.ran_dry = True
+                break
+            conn.execute(sql.RELEASE, {"ids": ids, "status": release_as, "scope": None})
+            result.tasks += len(ids)
+    return result
+
+
+def run_workers(target: Any, args: tuple[Any, ...], workers: int, seconds: float) -> Run:
+    # Start together, two seconds from now: every process is up and connected
+    # before the clock starts.
+    start = time.time() + 2.0
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers) as pool:
+        results = pool.starmap(target, [(*args, start, seconds) for _ in range(workers)])
+    latencies = [value for result in results for value in result.latencies]
+    return Run(
+        tasks=sum(result.tasks for result in results),
+        seconds=seconds,
+        latencies=latencies,
+        ran_dry=any(result.ran_dry for result in results),
+    )
+
+
+# --- The table and the server -----------------------------------------------------------
+
+
+def reset_table(*, idle: int, done: int = 0) -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE tasks_app_task, tasks_app_throughput")
+        if done:
+            cursor.execute(LOAD_DONE, {"namespace": NAMESPACE, "rows": done})
+        cursor.execute(LOAD_IDLE, {"prefix": "t-", "namespace": NAMESPACE, "rows": idle})
+        cursor.execute("VACUUM (ANALYZE) tasks_app_task")
+        cursor.execute("CHECKPOINT")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """gunicorn as `make run` starts it, on the benchmark's database."""
+
+    def __init__(self, url: str) -> None:
+        self.port = free_port()
+        env = {
+            **original_environ(),
+            "DATABASE_URL": url,
+            "TASKQ_THROTTLE_WORKER": "none",
+            "GUNICORN_ACCESS_LOG": "/dev/null",
+        }
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                "taskq_project/gunicorn.conf.py",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+            ],
+            cwd=BASE_DIR,
+            env=env,
+            start_new_session=True,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2)
+                return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise SystemExit("gunicorn did not come up")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+
+# --- The run --------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=8.0, help="Per measurement.")
+    parser.add_argument("--growth-rows", type=int, default=5_000_000)
+    parser.add_argument("--skip-growth", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_django()
+    from apikeys_app.services import create_token
+    from namespaces_app.services import register_namespace
+
+    with bench_database(DATABASE):
+        print_table(["", ""], machine_description(), title="Machine")
+        register_namespace(namespace_id=NAMESPACE)
+        _, token = create_token(name="bench", role="worker")
+        url = database_url()
+        server = Server(url)
+        try:
+            matrix = run_matrix(args, server, token, url)
+            growth = None if args.skip_growth else run_growth(args, server, token)
+        finally:
+            server.stop()
+    return report(matrix, growth, args)
+
+
+def enough_tasks(batch: int, workers: int, seconds: float) -> int:
+    # Generous upper bounds of what each side can finish in `seconds`, so no
+    # run drains the queue (a drained run is flagged, not silently short).
+    per_second = {1: 8_000, 10: 40_000, 100: 90_000}[batch]
+    return int(per_second * seconds * 1.5) + workers * batch
+
+
+def run_matrix(
+    args: argparse.Namespace, server: Server, token: str, url: str
+) -> list[tuple[int, int, Run, Run]]:
+    rows = []
+    for batch in BATCHES:
+        for workers in WORKERS:
+            tasks = enough_tasks(batch, workers, args.seconds)
+            reset_table(idle=tasks)
+            http_run = run_workers(
+                http_worker, (server.port, token, batch, "done"), workers, args.seconds
+            )
+            reset_table(idle=tasks)
+            sql_run = run_workers(sql_worker, (url, batch, "done"), workers, args.seconds)
+            rows.append((batch, workers, http_run, sql_run))
+            print(
+                f"B={batch:<3} K={workers:<2} http {http_run.per_second:>9,.0f}/s "
+                f"sql {sql_run.per_second:>9,.0f}/s "
+                f"ratio {http_run.per_second / sql_run.per_second:.2f}",
+                flush=True,
+            )
+    return rows
+
+
+def run_growth(args: argparse.Namespace, server: Server, token: str) -> tuple[Run, Run]:
+    reset_table(idle=10_000)
+    small = run_workers(http_worker, (server.port, token, 10, "idle"), 4, args.seconds)
+    reset_table(idle=10_000, done=args.growth_rows - 10_000)
+    large = run_workers(http_worker, (server.port, token, 10, "idle"), 4, args.seconds)
+    return small, large
+
+
+def report(
+    matrix: list[tuple[int, int, Run, Run]],
+    growth: tuple[Run, Run] | None,
+    args: argparse.Namespace,
+) -> int:
+    print_table(
+        [
+            "B",
+            "K",
+            "HTTP tasks/s",
+            "SQL tasks/s",
+            "HTTP / SQL",
+            "HTTP capture p50 ms",
+            "HTTP capture p99 ms",
+            "SQL capture p50 ms",
+            "SQL capture p99 ms",
+        ],
+        [
+            (
+                batch,
+                workers,
+                round(h.per_second),
+                round(s.per_second),
+                f"{h.per_second / s.per_second:.2f}"
+                + (" (drained)" if h.ran_dry or s.ran_dry else ""),
+                h.p50_ms,
+                h.p99_ms,
+                s.p50_ms,
+                s.p99_ms,
+            )
+            for batch, workers, h, s in matrix
+        ],
+        title=f"Capture + release, {args.seconds:g} s per measurement",
+    )
+    verdicts = []
+    for batch, target in TARGET_RATIO.items():
+        best = max(h.per_second / s.per_second for b, _, h, s in matrix if b == batch)
+        verdicts.append(
+            (
+                f"B={batch}: HTTP at least {target}x SQL",
+                f"best {best:.2f}x",
+                verdict(best >= target),
+            )
+        )
+    if growth is not None:
+        small, large = growth
+        ratio = large.p99_ms / small.p99_ms
+        print_table(
+            ["tasks in the table", "capture p50 ms", "capture p99 ms", "tasks/s"],
+            [
+                ("10,000", small.p50_ms, small.p99_ms, round(small.per_second)),
+                (
+                    f"{args.growth_rows:,} (all but 10,000 done)",
+                    large.p50_ms,
+                    large.p99_ms,
+                    round(large.per_second),
+                ),
+            ],
+            title="Table growth (HTTP, B=10, K=4, tasks handed back idle)",
+        )
+        verdicts.append(
+            (
+                f"capture p99 at {args.growth_rows:,} at most {TARGET_GROWTH}x at 10,000",
+                f"{ratio:.2f}x",
+                verdict(ratio <= TARGET_GROWTH),
+            )
+        )
+    print_table(["target", "measured", "verdict"], verdicts, title="Targets")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
