@@ -12,7 +12,6 @@ import os
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from urllib.parse import quote
 
 # The settings give every session `statement_timeout=30s`; a benchmark's bulk
 # load or VACUUM of millions of rows may take longer than that.
@@ -94,19 +93,12 @@ def bench_database(name: str, *, keep: bool = False) -> Iterator[None]:
 
 
 def database_url() -> str:
-    """A DATABASE_URL for the database Django's default connection uses now.
-
-    The embedded server listens on a Unix socket whose directory goes,
-    percent-encoded, in the host part (as `tests/utils.py` does).
-    """
+    """A DATABASE_URL for the database Django's default connection uses now."""
     from django.db import connection
 
-    db = connection.settings_dict
-    user = quote(db["USER"] or "", safe="")
-    password = quote(db["PASSWORD"] or "", safe="")
-    host = quote(db["HOST"] or "", safe="")
-    port = f":{db['PORT']}" if db["PORT"] else ""
-    return f"postgresql://{user}:{password}@{host}{port}/{quote(db['NAME'], safe='')}"
+    from taskq_project.database_url import database_url as url_of
+
+    return url_of(connection.settings_dict)
 
 
 # --- Describing the run ---------------------------------------------------------------

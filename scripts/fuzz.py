@@ -15,7 +15,6 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from urllib.parse import quote
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATABASE = "taskq_fuzz"
@@ -47,12 +46,9 @@ def django_setup() -> None:
 def fuzz_database_url() -> str:
     from django.db import connection
 
-    db = connection.settings_dict
-    user = quote(db["USER"] or "", safe="")
-    password = quote(db["PASSWORD"] or "", safe="")
-    host = quote(db["HOST"] or "", safe="")
-    port = f":{db['PORT']}" if db["PORT"] else ""
-    return f"postgresql://{user}:{password}@{host}{port}/{DATABASE}"
+    from taskq_project.database_url import database_url
+
+    return database_url(connection.settings_dict, name=DATABASE)
 
 
 def recreate_database(*, drop_only: bool = False) -> None:
