@@ -4,15 +4,18 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('namespaces_app', '0001_initial'),
-        ('tasks_app', '0003_dashboard_indexes'),
+        ("namespaces_app", "0001_initial"),
+        ("tasks_app", "0003_dashboard_indexes"),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='task',
-            index=models.Index(condition=models.Q(('retries_left__gt', 0), ('status', 'failed')), fields=['namespace'], name='task_failed_retry_idx'),
+            model_name="task",
+            index=models.Index(
+                condition=models.Q(("retries_left__gt", 0), ("status", "failed")),
+                fields=["namespace"],
+                name="task_failed_retry_idx",
+            ),
         ),
     ]
