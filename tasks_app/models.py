@@ -54,7 +54,10 @@ class Task(models.Model):
     capture query would treat differently from what its status says.
     """
 
-    id = models.CharField(primary_key=True, max_length=MAX_ID_LENGTH)
+    # The C collation orders ids byte by byte, so the primary key itself serves
+    # the admin's prefix search (LIKE 'x%'): no second, pattern-ops index to
+    # maintain on every capture, release and sweep.
+    id = models.CharField(primary_key=True, max_length=MAX_ID_LENGTH, db_collation="C")
     namespace = models.ForeignKey(
         Namespace,
         on_delete=models.CASCADE,

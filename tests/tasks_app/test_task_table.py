@@ -57,3 +57,16 @@ def test_the_database_refuses_a_task_state_the_lease_rules_do_not_allow(changes)
     make_tasks("ns", 1)
     with pytest.raises(IntegrityError), transaction.atomic():
         Task.objects.filter(pk="t000000").update(**changes)
+
+
+@pytest.mark.django_db
+def test_the_primary_key_serves_the_admins_id_prefix_search():
+    make_namespace("ns")
+    make_tasks("ns", 20_000)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE tasks_app_task")
+    query = Task.objects.filter(id__startswith="t0001").values("id")
+    sql_text, params = query.query.sql_with_params()
+    plan = explain(sql_text.replace("%s", "%(p0)s"), {"p0": params[0]})
+    assert "tasks_app_task_pkey" in plan
+    assert "Seq Scan" not in plan
