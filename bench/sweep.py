@@ -32,7 +32,6 @@ import math
 import multiprocessing
 import os
 import re
-import subprocess
 import sys
 import threading
 import time
@@ -45,7 +44,10 @@ from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
 from typing import Any, TypeVar
 
+from bench.common import code_version, percentile, use_database
+
 T = TypeVar("T")
+
 
 BENCH_DB = "taskq_bench"
 SWEEP_NAMESPACE = "bench-sweep"
@@ -148,20 +150,6 @@ def no_statement_timeout() -> Iterator[None]:
     finally:
         with connection.cursor() as cursor:
             cursor.execute("RESET statement_timeout")
-
-
-def use_database(name: str) -> None:
-    """Point Django's default connection at database `name`; the next query reconnects.
-
-    The same switch Django's test runner makes for its test database: both the
-    settings and the connection's own copy of them name the new database.
-    """
-    from django.conf import settings
-    from django.db import connection
-
-    connection.close()
-    settings.DATABASES["default"]["NAME"] = name
-    connection.settings_dict["NAME"] = name
 
 
 def recreate_database(name: str) -> None:
@@ -457,14 +445,6 @@ class CpuShare:
 # --- Figures --------------------------------------------------------------------
 
 
-def percentile(ordered: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of an ascending sequence (no interpolation)."""
-    if not ordered:
-        return math.nan
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
 @dataclass(frozen=True)
 class Span:
     start: float  # time.monotonic()
@@ -652,36 +632,6 @@ def server_description() -> tuple[str, str]:
         (version,) = cursor.fetchone()  # type: ignore[misc]
     source = "DATABASE_URL" if os.environ.get("DATABASE_URL") else "embedded (no DATABASE_URL)"
     return str(version), f"{source}, host {settings.DATABASES['default']['HOST'] or 'localhost'}"
-
-
-def code_version() -> str:
-    """The commit the measured code comes from, and whether the tree differs from it.
-
-    Figures are only comparable between runs of the same code: a sweep
-    statement or an index added in the working tree changes them.
-    """
-    from django.conf import settings
-
-    def git(*args: str) -> str:
-        # Only the trailing newline goes: a porcelain line starts with a
-        # space when the index is unchanged ( M path).
-        return subprocess.run(
-            ["git", "-C", str(settings.BASE_DIR), *args],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.rstrip("\n")
-
-    try:
-        commit = git("rev-parse", "--short", "HEAD")
-        status = git("status", "--porcelain").splitlines()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    # The benchmark and its results are not the code under test.
-    changed = [line[3:] for line in status if not line[3:].startswith(("bench/", "docs/"))]
-    if not changed:
-        return f"{commit} (clean)"
-    return f"{commit} + uncommitted changes: {', '.join(changed)}"
 
 
 def plan_summary(lines: Sequence[str]) -> str:
