@@ -1,10 +1,13 @@
 """The task table's design for the hot path, and its integrity constraints."""
 
+import re
+
 import pytest
 from django.db import IntegrityError, connection, transaction
 
 from tasks_app import sql
 from tasks_app.models import Task
+from tasks_app.services import capture_tasks, release_tasks
 from tests.factories import make_namespace, make_tasks
 
 
@@ -70,3 +73,67 @@ def test_the_primary_key_serves_the_admins_id_prefix_search():
     plan = explain(sql_text.replace("%s", "%(p0)s"), {"p0": params[0]})
     assert "tasks_app_task_pkey" in plan
     assert "Seq Scan" not in plan
+
+
+QUEUE_TABLE_SETTINGS = {
+    "autovacuum_vacuum_scale_factor=0.01",
+    "autovacuum_vacuum_threshold=1000",
+    "autovacuum_analyze_scale_factor=0.02",
+    "vacuum_index_cleanup=on",
+}
+
+
+@pytest.mark.django_db
+def test_the_task_table_is_vacuumed_as_a_queue_table():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reloptions FROM pg_class WHERE relname = 'tasks_app_task'")
+        (options,) = cursor.fetchone()
+    assert QUEUE_TABLE_SETTINGS <= set(options)
+
+
+def capture_scan_buffers(namespace_id: str) -> int:
+    """Index pages the capture's range scan reads to find its first 10 tasks."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) SELECT id FROM tasks_app_task "
+            "WHERE namespace_id = %s AND available_at <= statement_timestamp() "
+            "ORDER BY available_at LIMIT 10",
+            [namespace_id],
+        )
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "task_capture_idx" in plan
+    match = re.search(r"Buffers: shared hit=(\d+)(?: read=(\d+))?", plan)
+    assert match, plan
+    return int(match.group(1)) + int(match.group(2) or 0)
+
+
+# VACUUM cannot run inside the test's transaction.
+@pytest.mark.django_db(transaction=True)
+def test_a_vacuum_clears_the_dead_entries_a_busy_namespace_leaves_at_its_queue_head():
+    make_namespace("busy")
+    make_namespace("archive")
+    # A large table with a small busy namespace: its dead rows sit on under 2%
+    # of the heap's pages, where a vacuum with PostgreSQL's default
+    # index_cleanup=auto would skip the indexes and leave the dead entries.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO tasks_app_task (id, namespace_id, timeout, retries_left, status) "
+            "SELECT 'a' || g, 'archive', 300, 0, 'done' FROM generate_series(1, 300000) AS g"
+        )
+    make_tasks("busy", 2000)
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE tasks_app_task")
+    fresh = capture_scan_buffers("busy")
+
+    # Workers churn through the queue: each capture and release leaves the
+    # task's previous index entry behind, at the head where the next capture
+    # starts its scan.
+    for _ in range(190):
+        leased = capture_tasks(namespace_id="busy", limit=10)
+        release_tasks(task_ids=[task.id for task in leased], status="idle")
+    churned = capture_scan_buffers("busy")
+    assert churned > 3 * fresh
+
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM tasks_app_task")  # what autovacuum runs, with the table's settings
+    assert capture_scan_buffers("busy") <= fresh + 1
