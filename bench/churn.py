@@ -2,8 +2,12 @@
 
 Run from the repository root:
 
-    .venv/bin/python -m bench.churn [--seconds 60] [--tasks 50000] [--default-vacuum]
+    .venv/bin/python -m bench.churn [--seconds 60] [--tasks 50000]
+        [--done-tasks 1000000] [--default-vacuum]
 
+The table also holds `--done-tasks` done tasks of another namespace, as a
+table that keeps its history does: the larger the table, the later
+PostgreSQL's default thresholds (20% of its rows) call for a vacuum.
 One worker loops `capture_tasks(limit=10)` then `release_tasks(..., "idle")`
 over a namespace of idle tasks, as fast as it can, in a database of its own
 (`taskq_churn`, dropped at the end). Every capture and release leaves the
@@ -38,6 +42,12 @@ from bench.common import (
 BENCH_DB = "taskq_churn"
 NAMESPACE = "bench-churn"
 CAPTURE_LIMIT = 10
+
+LOAD_DONE_TASKS = """
+INSERT INTO tasks_app_task (id, namespace_id, timeout, retries_left, status)
+SELECT 'done-' || lpad(g::text, 8, '0'), 'bench-history', 300, 0, 'done'
+FROM generate_series(1, %(rows)s) AS g
+"""
 
 LOAD_IDLE_TASKS = """
 INSERT INTO tasks_app_task
@@ -89,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--window", type=float, default=10.0)
     parser.add_argument("--tasks", type=int, default=50_000)
+    parser.add_argument("--done-tasks", type=int, default=1_000_000)
     parser.add_argument(
         "--default-vacuum",
         action="store_true",
@@ -116,11 +127,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             cursor.execute("SELECT reloptions FROM pg_class WHERE relname = 'tasks_app_task'")
             (options,) = cursor.fetchone()  # type: ignore[misc]
             Namespace.objects.create(id=NAMESPACE)
+            Namespace.objects.create(id="bench-history")
+            cursor.execute(LOAD_DONE_TASKS, {"rows": args.done_tasks})
             cursor.execute(LOAD_IDLE_TASKS, {"namespace_id": NAMESPACE, "rows": args.tasks})
             cursor.execute("VACUUM ANALYZE tasks_app_task")
         print(
             f"task table options: {options or 'PostgreSQL defaults'}; autovacuum_naptime {naptime}"
         )
+        print(f"{args.done_tasks:,} done tasks in another namespace")
         print(f"{args.tasks:,} idle tasks; one worker captures 10 and releases them, in a loop")
 
         rows: list[list[object]] = []
