@@ -17,8 +17,8 @@ range, where the next capture starts its scan, until a vacuum removes it.
 It prints, per window of `--window` seconds, the capture p50 and p99, how many
 index and heap pages one capture's range scan reads (EXPLAIN ANALYZE of the
 scan, between windows) and how many autovacuums the task table has had. The
-figure that counts is a ratio within the run: the last window's p99 over the
-first's. `--default-vacuum` resets the task table's autovacuum settings
+figure that counts is a ratio within the run: the slowest window's p99 over
+the first's. `--default-vacuum` resets the task table's autovacuum settings
 (migration 0006) to PostgreSQL's defaults first, for the comparison.
 The server's `autovacuum_naptime` is the server's own (10 s on the embedded
 server).
@@ -39,6 +39,9 @@ from bench.common import (
     setup_django,
 )
 
+# The busy namespace's idle tasks are loaded as the sweep benchmark's probe's.
+from bench.sweep import LOAD_IDLE_TASKS
+
 BENCH_DB = "taskq_churn"
 NAMESPACE = "bench-churn"
 CAPTURE_LIMIT = 10
@@ -49,16 +52,6 @@ SELECT 'done-' || lpad(g::text, 8, '0'), 'bench-history', 300, 0, 'done'
 FROM generate_series(1, %(rows)s) AS g
 """
 
-LOAD_IDLE_TASKS = """
-INSERT INTO tasks_app_task
-    (id, namespace_id, timeout, retries_left, status,
-     created_at, updated_at, available_at, lease_expires_at)
-SELECT 'churn-' || lpad(g::text, 7, '0'), %(namespace_id)s, 300, 3, 'idle', v.at, v.at, v.at, NULL
-FROM generate_series(1, %(rows)s) AS g
-CROSS JOIN LATERAL (
-    SELECT statement_timestamp() - interval '1 day' + g * interval '1 millisecond' AS at
-) AS v
-"""
 
 # The capture's own range scan (sql.CAPTURE's CTE without the row locks).
 SCAN = """
@@ -171,9 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ],
             rows,
         )
-        first, last = rows[0], rows[-1]
-        ratio = float(last[3]) / float(first[3])  # type: ignore[arg-type]
-        print(f"\ncapture p99, last window / first window: {ratio:.2f}")
+        p99s = [float(row[3]) for row in rows]  # type: ignore[arg-type]
+        print(f"\ncapture p99, slowest window / first window: {max(p99s) / p99s[0]:.2f}")
+        print(f"capture p99, last window / first window: {p99s[-1] / p99s[0]:.2f}")
     return 0
 
 
