@@ -251,8 +251,14 @@ def run_probe(
     stop: Event,
     backend_pid: Synchronized[int],
     results: Connection,
+    rate: float = 0.0,
 ) -> None:
     """Capture and hand back tasks of the probe namespace in a loop until `stop`.
+
+    With `rate` 0, as fast as it can (closed loop). Otherwise the captures
+    start on a fixed schedule of `rate` a second (open loop), and each one's
+    latency counts from when it was due: a capture that starts late because
+    the one before it was slow is charged the wait, as a worker would see it.
 
     Runs in a process of its own (spawned: a fresh interpreter, Django and
     connection, nothing inherited from the parent's). Sends back, for each
@@ -284,8 +290,14 @@ def run_probe(
 
     samples: list[tuple[float, float]] = []
     short = 0
+    due = time.monotonic()
     while not stop.is_set():
+        if rate:
+            due += 1 / rate
+            time.sleep(max(0.0, due - time.monotonic()))
         started, took, captured = cycle()
+        if rate and started > due:
+            took += started - due
         samples.append((started, took))
         short += captured < CAPTURE_LIMIT
     results.send((samples, short))
@@ -679,6 +691,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--probe-tasks", type=int, default=50_000, help="idle tasks in the probe's namespace"
     )
     parser.add_argument(
+        "--probe-rate",
+        type=float,
+        default=0.0,
+        help="captures a second on a fixed schedule, latency counted from when each was due "
+        "(default 0: as fast as the probe can)",
+    )
+    parser.add_argument(
         "--baseline-seconds",
         type=float,
         default=15.0,
@@ -752,6 +771,10 @@ def run(args: argparse.Namespace, batch_size: int) -> int:
     cpus = len(os.sched_getaffinity(0))
     print(f"PostgreSQL: {version}\nServer: {where}, database {args.db_name}\nCPUs: {cpus}")
     print(f"Code: {code_version()}")
+    if args.probe_rate:
+        print(f"Probe: {args.probe_rate:g} captures/s on a fixed schedule (open loop)")
+    else:
+        print("Probe: captures as fast as it can (closed loop)")
     for side in ("sweep", "probe"):
         for name, value in getattr(args, f"{side}_set"):
             print(f"Experiment: {side} session SET {name} = {value}")
@@ -794,7 +817,7 @@ def run(args: argparse.Namespace, batch_size: int) -> int:
     receiver, sender = context.Pipe(duplex=False)
     probe = context.Process(
         target=run_probe,
-        args=(args.db_name, args.probe_set, ready, stop, probe_pid, sender),
+        args=(args.db_name, args.probe_set, ready, stop, probe_pid, sender, args.probe_rate),
         name="capture-probe",
     )
     probe.start()
@@ -947,7 +970,9 @@ def report(
         print(f"| plan before batches {', '.join(map(str, seen))} | {plan_summary([plan])} |")
 
     print(
-        f"\n| Capture probe (`capture_tasks(limit={CAPTURE_LIMIT})` on another namespace) "
+        f"\n| Capture probe (`capture_tasks(limit={CAPTURE_LIMIT})` on another namespace, "
+        + (f"{args.probe_rate:g}/s open loop" if args.probe_rate else "closed loop")
+        + ") "
         "| seconds | captures | captures/s | p50 ms | p99 ms | max ms "
         f"| CPUs used: benchmark / others (of {len(os.sched_getaffinity(0))}) |"
     )
