@@ -27,6 +27,7 @@ server).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -63,8 +64,6 @@ ORDER BY available_at LIMIT 10
 
 
 def scan_buffers() -> int:
-    import re
-
     from django.db import connection
 
     with connection.cursor() as cursor:
