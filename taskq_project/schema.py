@@ -50,6 +50,16 @@ class TaskSerializer(serializers.Serializer):
     lease_expires_at = serializers.IntegerField(
         allow_null=True, help_text="Unix seconds when the current lease ends; null if none."
     )
+    attempt = serializers.IntegerField(
+        min_value=0, help_text="How many times the task has been captured (1 on its first lease)."
+    )
+
+
+class LeasedTaskSerializer(TaskSerializer):
+    lease_token = serializers.CharField(
+        help_text="The lease's fence: new at every capture, shown only to its holder. "
+        "Release and extend with it (`leases`)."
+    )
 
 
 @extend_schema_serializer(many=False)
@@ -59,16 +69,27 @@ class TaskListSerializer(serializers.Serializer):
 
 
 class CapturedSerializer(serializers.Serializer):
-    list = TaskSerializer(many=True)
+    list = LeasedTaskSerializer(many=True)
 
 
 class ReleaseErrorSerializer(serializers.Serializer):
     id = serializers.CharField()
+    code = serializers.ChoiceField(
+        choices=["not_found", "not_in_progress", "stale_lease"],
+        help_text="not_found: no such task; not_in_progress: the task is not leased (your "
+        "lease was released or reclaimed); stale_lease: the token is not the task's latest "
+        "lease (captured again since, or ended by an operator).",
+    )
     detail = serializers.CharField()
 
 
 class ReleasedSerializer(serializers.Serializer):
     list = TaskSerializer(many=True)
+    errors = ReleaseErrorSerializer(many=True)  # type: ignore[assignment]
+
+
+class ExtendedSerializer(serializers.Serializer):
+    list = LeasedTaskSerializer(many=True)
     errors = ReleaseErrorSerializer(many=True)  # type: ignore[assignment]
 
 
@@ -160,9 +181,24 @@ TASK_REGISTRATION = {
     }
 }
 
-RELEASE_EXAMPLE = OpenApiExample(
-    "Release", value={"status": "done", "task_ids": ["Backup_Test_Shards1-10"]}
-)
+RELEASE_EXAMPLES = [
+    OpenApiExample(
+        "Fenced release",
+        value={
+            "status": "done",
+            "leases": [
+                {
+                    "id": "Backup_Test_Shards1-10",
+                    "lease_token": "0b7f6c1e-1f7e-4a43-9d0c-5a1d2e3f4a5b",
+                }
+            ],
+        },
+    ),
+    OpenApiExample(
+        "Release by id (the seed's form)",
+        value={"status": "done", "task_ids": ["Backup_Test_Shards1-10"]},
+    ),
+]
 
 
 class BearerTokenScheme(OpenApiAuthenticationExtension):

@@ -198,7 +198,8 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {
-        "TaskStatusEnum": "tasks_app.models.TaskStatus",
+        "TaskStatusEnum": ["idle", "in_progress", "done", "failed"],
+        "LeaseProblemEnum": ["not_found", "not_in_progress", "stale_lease"],
         "ReleaseStatusEnum": ["done", "failed", "idle"],
     },
     "POSTPROCESSING_HOOKS": [
@@ -254,6 +255,10 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
+
+# Refuse the seed's unfenced release (`task_ids`), so that every release
+# names the lease it ends (`leases` with their tokens).
+TASKQ_REQUIRE_LEASE_TOKEN = env_bool("TASKQ_REQUIRE_LEASE_TOKEN", default=False)
 
 # How often beat runs the lease sweeper, in seconds.
 TASKQ_SWEEP_SECONDS = env_int("TASKQ_SWEEP_SECONDS", default=5, minimum=1)

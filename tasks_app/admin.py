@@ -131,6 +131,7 @@ class TaskAdmin(admin.ModelAdmin):
         "status",
         "retries_left",
         "timeout",
+        "attempt",
         "updated_at",
         "lease_expiry",
     ]
@@ -158,6 +159,8 @@ class TaskAdmin(admin.ModelAdmin):
         "updated_at",
         "available_at",
         "lease_expires_at",
+        # Never the lease token: whoever reads it could end the lease.
+        "attempt",
     ]
 
     @admin.display(description="namespace", ordering="namespace_id")

@@ -24,7 +24,13 @@ from django.db import connection, transaction
 from psycopg import sql as psycopg_sql
 
 from tasks_app import sql
-from tasks_app.models import DEFAULT_RETRIES, DEFAULT_TIMEOUT, MAX_INT, TaskStatus
+from tasks_app.models import (
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    MAX_INT,
+    RESERVED_TASK_IDS,
+    TaskStatus,
+)
 
 COLUMNS = ("id", "namespace_id", "timeout", "retries_left", "status")
 FORMATS = ("csv", "jsonl")
@@ -113,7 +119,8 @@ SELECT line, reason FROM (
         WHEN char_length(id) > 255 THEN 'id longer than 255 characters'
         WHEN id ~ '[\x01-\x1f\x7f-\x9f]' THEN 'id contains control characters'
         WHEN id LIKE '%%/' THEN 'id ends with /'
-        WHEN id IN ('capture', 'release') THEN 'id ' || id || ' is reserved'
+        WHEN id IN ({", ".join(f"'{i}'" for i in sorted(RESERVED_TASK_IDS))})
+            THEN 'id ' || id || ' is reserved'
         WHEN coalesce(namespace_id, %(namespace)s) IS NULL THEN 'missing namespace_id'
         WHEN namespace_id <> %(namespace)s
             THEN 'namespace_id ' || namespace_id || ' differs from --namespace'
@@ -194,6 +201,9 @@ WITH given AS (
         retries_left = coalesce(g.retries_left, t.retries_left),
         status = coalesce(g.status, t.status),
         updated_at = statement_timestamp(),
+        -- No lease is running here; an earlier holder's token must not
+        -- come to name one the file starts.
+        lease_token = NULL,
         available_at = CASE
             WHEN coalesce(g.status, t.status) = 'idle'
                 THEN CASE WHEN t.status = 'idle' THEN t.available_at

@@ -10,7 +10,8 @@ from taskq_project.ids import MAX_ID_LENGTH
 MAX_INT = 2_147_483_647
 DEFAULT_TIMEOUT = 300
 DEFAULT_RETRIES = 3
-RESERVED_TASK_IDS = frozenset({"capture", "release"})
+# They name endpoints under /v1/task/, so a task of that id could not be read.
+RESERVED_TASK_IDS = frozenset({"capture", "release", "extend"})
 
 
 class TaskStatus(models.TextChoices):
@@ -72,6 +73,14 @@ class Task(models.Model):
     updated_at = models.DateTimeField(db_default=Now())
     available_at = models.DateTimeField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # The fence of the latest lease: new at every capture, and kept after the
+    # lease ends, so a late release by its holder can be told (not in
+    # progress any more) from one by an earlier holder (stale). Operators
+    # clear it when they end a lease, which makes the holder's token stale.
+    # Never rendered outside the capture and extend answers.
+    lease_token = models.UUIDField(null=True, blank=True, editable=False)
+    # How many times the task has been captured (1 during its first lease).
+    attempt = models.IntegerField(db_default=0, default=0, editable=False)
 
     objects = TaskQuerySet.as_manager()
 

@@ -24,6 +24,13 @@ class TaskLike(Protocol):
     def status(self) -> str: ...
     @property
     def lease_expires_at(self) -> datetime | None: ...
+    @property
+    def attempt(self) -> int: ...
+
+
+class LeaseLike(TaskLike, Protocol):
+    @property
+    def lease_token(self) -> str: ...
 
 
 def _unix(value: datetime | None) -> int | None:
@@ -40,4 +47,17 @@ def render_task(task: TaskLike) -> dict[str, Any]:
         "status": str(task.status),
         # Additive to the seed: when the current lease ends (null when none).
         "lease_expires_at": _unix(task.lease_expires_at),
+        # Additive: how many times the task has been captured.
+        "attempt": task.attempt,
     }
+
+
+def render_lease(task: LeaseLike) -> dict[str, Any]:
+    """A task as its lease holder sees it (capture, extend): with the token.
+
+    Nothing else renders the token, so reading a task never lets anyone take
+    its lease over.
+    """
+    rendered = render_task(task)
+    rendered["lease_token"] = task.lease_token
+    return rendered

@@ -6,6 +6,7 @@ change through capture and release.
 
 from typing import Any
 
+from django.conf import settings
 from rest_framework import serializers
 
 from taskq_project.api import IdField, StrictIntegerField, StrictSerializer
@@ -16,7 +17,7 @@ from tasks_app.models import (
     RESERVED_TASK_IDS,
     TaskStatus,
 )
-from tasks_app.services import MAX_BATCH, RELEASE_STATUSES, NewTask
+from tasks_app.services import MAX_BATCH, MAX_EXTEND_SECONDS, RELEASE_STATUSES, Lease, NewTask
 
 
 class TaskIdField(IdField):
@@ -40,9 +41,51 @@ class TaskCreateSerializer(StrictSerializer):
         return NewTask(**self.validated_data)
 
 
+MAX_LEASE_TOKEN_LENGTH = 64
+
+
+class LeaseSerializer(StrictSerializer):
+    id = IdField()
+    lease_token = serializers.CharField(
+        min_length=1, max_length=MAX_LEASE_TOKEN_LENGTH, trim_whitespace=False
+    )
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict) and not isinstance(data.get("lease_token", ""), str):
+            # CharField would take 123 for "123"; a token is never a number.
+            raise serializers.ValidationError({"lease_token": ["Must be a string."]})
+        return super().to_internal_value(data)
+
+
+class LeaseListField(serializers.ListField):
+    """Up to 1,000 leases; one id given twice must carry the same token."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(child=LeaseSerializer(), allow_empty=False, **kwargs)
+
+    def to_internal_value(self, data: Any) -> list[Lease]:
+        if isinstance(data, list) and len(data) > MAX_BATCH:
+            raise serializers.ValidationError(
+                f"At most {MAX_BATCH} leases per call (got {len(data)})."
+            )
+        leases = [Lease(**item) for item in super().to_internal_value(data)]
+        tokens: dict[str, str] = {}
+        for lease in leases:
+            if tokens.setdefault(lease.id, lease.lease_token) != lease.lease_token:
+                raise serializers.ValidationError(
+                    f"Task {lease.id!r} is given twice with different lease tokens."
+                )
+        return leases
+
+
 class ReleaseSerializer(StrictSerializer):
+    """The seed's `{"status", "task_ids"}`, or the fenced `{"status", "leases"}`."""
+
     status = serializers.ChoiceField(choices=[str(s) for s in RELEASE_STATUSES])
-    task_ids = serializers.ListField(child=IdField(), allow_empty=False, max_length=MAX_BATCH)
+    task_ids = serializers.ListField(
+        child=IdField(), allow_empty=False, max_length=MAX_BATCH, required=False
+    )
+    leases = LeaseListField(required=False)
 
     def to_internal_value(self, data: Any) -> Any:
         # Check the batch size before validating each id of an oversized list.
@@ -55,7 +98,42 @@ class ReleaseSerializer(StrictSerializer):
                         ]
                     }
                 )
-        return super().to_internal_value(data)
+        if isinstance(data, dict) and "task_ids" in data and "leases" in data:
+            raise serializers.ValidationError(
+                {"non_field_errors": ["Give either task_ids or leases, not both."]}
+            )
+        if isinstance(data, dict) and "task_ids" in data and settings.TASKQ_REQUIRE_LEASE_TOKEN:
+            raise serializers.ValidationError(
+                {
+                    "task_ids": [
+                        "This server requires lease tokens: send "
+                        '{"status": ..., "leases": [{"id": ..., "lease_token": ...}]} '
+                        "with the lease_token each task had in the capture answer."
+                    ]
+                }
+            )
+        missing = isinstance(data, dict) and "task_ids" not in data and "leases" not in data
+        # Keyed by task_ids, beside any other field's error, as before leases existed.
+        missing_error = {
+            "task_ids": [
+                "This field is required, unless leases ([{id, lease_token}, ...], "
+                "as capture answered them) are given."
+            ]
+        }
+        try:
+            value = super().to_internal_value(data)
+        except serializers.ValidationError as error:
+            if missing and isinstance(error.detail, dict):
+                error.detail.update(missing_error)  # type: ignore[arg-type]
+            raise
+        if missing:
+            raise serializers.ValidationError(missing_error)
+        return value
+
+
+class ExtendSerializer(StrictSerializer):
+    leases = LeaseListField()
+    timeout = StrictIntegerField(min_value=1, max_value=MAX_EXTEND_SECONDS, required=False)
 
 
 class CaptureSerializer(StrictSerializer):

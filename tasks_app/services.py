@@ -42,6 +42,21 @@ class TaskRow(NamedTuple):
     updated_at: datetime
     status: str
     lease_expires_at: datetime | None
+    attempt: int
+
+
+class LeaseRow(NamedTuple):
+    """A task under a lease, as capture and extend return it: with its token."""
+
+    id: str
+    namespace_id: str
+    timeout: int
+    retries_left: int
+    updated_at: datetime
+    status: str
+    lease_expires_at: datetime | None
+    attempt: int
+    lease_token: str
 
 
 @dataclass(frozen=True)
@@ -53,16 +68,39 @@ class NewTask:
     status: str = TaskStatus.IDLE
 
 
+class LeaseProblem(StrEnum):
+    """Why release or extend refused an id (the `code` of its error)."""
+
+    NOT_FOUND = "not_found"
+    NOT_IN_PROGRESS = "not_in_progress"
+    STALE_LEASE = "stale_lease"
+
+
 @dataclass(frozen=True)
 class ReleaseError:
     id: str
     detail: str
+    code: LeaseProblem
 
 
 @dataclass(frozen=True)
 class ReleaseResult:
     released: list[TaskRow]
     errors: list[ReleaseError]
+
+
+@dataclass(frozen=True)
+class ExtendResult:
+    extended: list[LeaseRow]
+    errors: list[ReleaseError]
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A lease as its holder names it: the task id and the capture's token."""
+
+    id: str
+    lease_token: str
 
 
 def _fetch_rows(query: str, params: dict[str, Any]) -> list[TaskRow]:
@@ -115,51 +153,121 @@ def register_task(*, task: NewTask, scope: Scope = None) -> TaskRow:
     return register_tasks(tasks=[task], scope=scope)[0]
 
 
-def capture_tasks(*, namespace_id: str, limit: int, scope: Scope = None) -> list[TaskRow]:
+def capture_tasks(*, namespace_id: str, limit: int, scope: Scope = None) -> list[LeaseRow]:
     """Lease up to `limit` capturable tasks of a namespace (one statement).
 
-    Never waits on a row another transaction holds (SKIP LOCKED). Raises
+    Each comes back with the new lease's token and attempt number. Never
+    waits on a row another transaction holds (SKIP LOCKED). Raises
     NamespaceNotFound when nothing was leased because the namespace does not
     exist; the existence check runs only then, off the common path.
     """
     if not in_scope(namespace_id, scope):
         raise NamespaceNotFound(namespace_id)
-    rows = _fetch_rows(sql.CAPTURE, {"namespace_id": namespace_id, "limit": limit})
+    with connection.cursor() as cursor:
+        cursor.execute(sql.CAPTURE, {"namespace_id": namespace_id, "limit": limit})
+        rows = [LeaseRow(*row) for row in cursor.fetchall()]
     if not rows and not Namespace.objects.filter(pk=namespace_id).exists():
         raise NamespaceNotFound(namespace_id)
     return rows
 
 
-def release_tasks(*, task_ids: Sequence[str], status: str, scope: Scope = None) -> ReleaseResult:
-    """Finish the leases of `task_ids` with `status` (done, failed or idle).
+def release_tasks(
+    *,
+    status: str,
+    task_ids: Sequence[str] | None = None,
+    leases: Sequence[Lease] | None = None,
+    scope: Scope = None,
+) -> ReleaseResult:
+    """Finish leases with `status` (done, failed or idle), in one statement.
 
-    One statement releases every id that is in progress; the others are
-    reported per id (not registered, or not in progress) and change nothing.
-    Released tasks come back in the order their ids were given. Tasks outside
-    `scope` are reported as not registered and left alone.
+    Give exactly one of `task_ids` (the seed's form: whichever lease each task
+    is under) or `leases` (fenced: only the lease each token names, see
+    `sql._FENCE`). Every other id changes nothing and is reported with its
+    code: not registered (or outside `scope`), not in progress, or a stale
+    lease. Released tasks come back in the order given; a repeated id counts
+    once (the first token given for it).
     """
     if status not in RELEASE_STATUSES:
         raise ValueError(f"cannot release to {status!r}")
-    unique_ids = list(dict.fromkeys(task_ids))
-    scope_list = sorted(scope) if scope is not None else None
-    rows = _fetch_rows(sql.RELEASE, {"ids": unique_ids, "status": str(status), "scope": scope_list})
-    by_id = {row.id: row for row in rows}
+    ids, tokens = _fence_arguments(task_ids, leases)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql.RELEASE,
+            {"ids": ids, "tokens": tokens, "status": str(status), "scope": _scope(scope)},
+        )
+        answers = cursor.fetchall()
+    released: list[TaskRow] = []
     errors: list[ReleaseError] = []
-    missed = [task_id for task_id in unique_ids if task_id not in by_id]
-    if missed:
-        current = dict(visible_tasks(scope).filter(pk__in=missed).values_list("pk", "status"))
-        for task_id in missed:
-            if task_id not in current:
-                errors.append(ReleaseError(task_id, "Task is not registered."))
-            else:
-                errors.append(
-                    ReleaseError(
-                        task_id, f"Task is {current[task_id]}, not in_progress; nothing changed."
-                    )
-                )
-    return ReleaseResult(
-        released=[by_id[task_id] for task_id in unique_ids if task_id in by_id], errors=errors
-    )
+    for task_id, (problem, state, *columns) in zip(ids, answers, strict=True):
+        if problem is None:
+            released.append(TaskRow(*columns))
+        else:
+            errors.append(_lease_error(task_id, LeaseProblem(problem), state))
+    return ReleaseResult(released=released, errors=errors)
+
+
+MAX_EXTEND_SECONDS = 43_200
+
+
+def extend_leases(
+    *, leases: Sequence[Lease], timeout: int | None = None, scope: Scope = None
+) -> ExtendResult:
+    """Heartbeat: each valid lease now ends `timeout` seconds from now.
+
+    `timeout` defaults to each task's own; the database clock decides. The
+    status, retries, attempt and token stay as they are. A lease past its
+    expiry that nobody captured again (and the sweeper did not reclaim) is
+    still its holder's to extend. Other ids are reported as by
+    `release_tasks`.
+    """
+    if timeout is not None and not 1 <= timeout <= MAX_EXTEND_SECONDS:
+        raise ValueError(f"timeout must be 1 to {MAX_EXTEND_SECONDS} seconds")
+    ids, tokens = _fence_arguments(None, leases)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql.EXTEND, {"ids": ids, "tokens": tokens, "timeout": timeout, "scope": _scope(scope)}
+        )
+        answers = cursor.fetchall()
+    extended: list[LeaseRow] = []
+    errors: list[ReleaseError] = []
+    for task_id, (problem, state, *columns) in zip(ids, answers, strict=True):
+        if problem is None:
+            extended.append(LeaseRow(*columns))
+        else:
+            errors.append(_lease_error(task_id, LeaseProblem(problem), state))
+    return ExtendResult(extended=extended, errors=errors)
+
+
+def _fence_arguments(
+    task_ids: Sequence[str] | None, leases: Sequence[Lease] | None
+) -> tuple[list[str], list[str] | None]:
+    """The ids and tokens the fence takes; no tokens (NULL) for the seed's form."""
+    if (task_ids is None) == (leases is None):
+        raise ValueError("give exactly one of task_ids and leases")
+    if leases is None:
+        assert task_ids is not None
+        return list(dict.fromkeys(task_ids)), None
+    first: dict[str, str] = {}
+    for lease in leases:
+        first.setdefault(lease.id, lease.lease_token)
+    return list(first), list(first.values())
+
+
+def _scope(scope: Scope) -> list[str] | None:
+    return sorted(scope) if scope is not None else None
+
+
+def _lease_error(task_id: str, problem: LeaseProblem, state: str | None) -> ReleaseError:
+    if problem == LeaseProblem.NOT_FOUND:
+        detail = "Task is not registered."
+    elif problem == LeaseProblem.STALE_LEASE:
+        detail = (
+            f"Stale lease: the task was captured again or an operator ended the lease "
+            f"(it is now {state}); nothing changed."
+        )
+    else:
+        detail = f"Task is {state}, not in_progress; nothing changed."
+    return ReleaseError(task_id, detail, problem)
 
 
 def delete_task(*, task_id: str, scope: Scope = None) -> None:

@@ -12,7 +12,9 @@ The derived columns follow the rules in `Task`'s docstring; the CHECK
 constraint `task_state_consistent` rejects any row that breaks them.
 """
 
-TASK_COLUMNS = "id, namespace_id, timeout, retries_left, updated_at, status, lease_expires_at"
+TASK_COLUMNS = (
+    "id, namespace_id, timeout, retries_left, updated_at, status, lease_expires_at, attempt"
+)
 _T_COLUMNS = ", ".join("t." + column for column in TASK_COLUMNS.split(", "))
 
 # Added to statements that finish tasks, as a data-modifying CTE over the rows
@@ -38,6 +40,9 @@ _LOG_THROUGHPUT = """
 # against the WHERE clause on its latest version, so a task leased by a
 # capture that committed in between is not leased again.
 #
+# Every capture starts a new lease: a fresh random token (the fence that
+# release and extend check) and the next attempt number.
+#
 # Capturing anything but an idle task is a retry and costs one. The SET list
 # reads `t`, the row's latest version (PostgreSQL re-reads a row updated since
 # the statement's snapshot), never a value copied out of the snapshot.
@@ -59,27 +64,66 @@ SET status = 'in_progress',
     available_at = CASE
         WHEN t.retries_left - (t.status <> 'idle')::int > 0
             THEN statement_timestamp() + make_interval(secs => t.timeout)
-    END
+    END,
+    lease_token = gen_random_uuid(),
+    attempt = t.attempt + 1
 FROM picked
 WHERE t.id = picked.id
-RETURNING {_T_COLUMNS}
+RETURNING {_T_COLUMNS}, t.lease_token::text
 """
 
-# Finish the leases of %(ids)s with %(status)s (done, failed or idle).
+# The fence shared by release and extend. Every id asked for that exists
+# (within the token's scope) is locked, in id order, so overlapping batches
+# take their locks in the same order and never deadlock each other, and the
+# decision is taken on each row's latest version (a row locked after a
+# concurrent change is re-read). `decided` names, for every id asked for, why
+# it is refused (NULL when it goes through): the code and the state it reports
+# come from the same locked row that decided, never from a second read.
 #
-# Only in-progress tasks are released. The CTE locks them in id order, so two
-# releases of overlapping batches take their locks in the same order and never
-# deadlock each other. A failed task with retries left becomes capturable at
-# once; one handed back as idle keeps its retries.
-RELEASE = f"""
-WITH target AS (
-    SELECT id
-    FROM tasks_app_task
-    WHERE id = ANY(%(ids)s) AND status = 'in_progress'
-      AND (%(scope)s::text[] IS NULL OR namespace_id = ANY(%(scope)s::text[]))
-    ORDER BY id
+# A NULL token (the seed's `task_ids` form) accepts whichever lease the task
+# is under. A token that is not the task's latest lease is stale whatever the
+# task's state: it was captured again since, or an operator ended the lease
+# (operators clear the token). The latest lease's own token on a task no
+# longer in progress (released, or reclaimed by the sweeper) is
+# `not_in_progress`.
+_FENCE = """
+WITH asked AS (
+    SELECT a.id, a.token, a.ord
+    FROM unnest(%(ids)s::text[], %(tokens)s::text[]) WITH ORDINALITY AS a(id, token, ord)
+), locked AS MATERIALIZED (
+    SELECT t.id, t.status, t.lease_token
+    FROM tasks_app_task AS t
+    WHERE t.id = ANY(%(ids)s::text[])
+      AND (%(scope)s::text[] IS NULL OR t.namespace_id = ANY(%(scope)s::text[]))
+    ORDER BY t.id
     FOR UPDATE
-), released AS (
+), decided AS MATERIALIZED (
+    SELECT asked.id, asked.ord, locked.status,
+           CASE
+               WHEN locked.id IS NULL THEN 'not_found'
+               WHEN asked.token IS NOT NULL
+                    AND locked.lease_token::text IS DISTINCT FROM asked.token
+                   THEN 'stale_lease'
+               WHEN locked.status <> 'in_progress' THEN 'not_in_progress'
+           END AS problem
+    FROM asked LEFT JOIN locked ON locked.id = asked.id
+)"""
+
+# What a fenced statement answers: one row per id asked for, in the order
+# asked; the task's columns when it went through, NULLs and the problem when
+# not. `{source}` is the CTE of the rows the statement changed.
+_FENCE_ANSWER = """
+SELECT decided.problem, decided.status, {columns}
+FROM decided LEFT JOIN {source} AS r ON r.id = decided.id
+ORDER BY decided.ord
+"""
+
+# Finish the leases of %(ids)s with %(status)s (done, failed or idle), fenced
+# by %(tokens)s (see _FENCE). A failed task with retries left becomes
+# capturable at once; one handed back as idle keeps its retries. The token
+# stays, so the holder's second release is `not_in_progress`, not stale.
+RELEASE = f"""
+{_FENCE}, released AS (
     UPDATE tasks_app_task AS t
     SET status = %(status)s::text,
         updated_at = statement_timestamp(),
@@ -88,11 +132,41 @@ WITH target AS (
             WHEN %(status)s::text = 'idle' THEN statement_timestamp()
             WHEN %(status)s::text = 'failed' AND t.retries_left > 0 THEN statement_timestamp()
         END
-    FROM target
-    WHERE t.id = target.id
+    FROM decided
+    WHERE t.id = decided.id AND decided.problem IS NULL
     RETURNING {_T_COLUMNS}
 ), logged AS ({_LOG_THROUGHPUT.format(source="released")})
-SELECT {TASK_COLUMNS} FROM released
+{
+    _FENCE_ANSWER.format(
+        columns=", ".join("r." + c for c in TASK_COLUMNS.split(", ")), source="released"
+    )
+}
+"""
+
+# Heartbeat: the leases of %(ids)s, fenced by %(tokens)s, now end
+# %(timeout)s seconds from now (the task's own timeout when NULL). Status,
+# retries, attempt and token stay; the expiry may move earlier as well as
+# later. `available_at` follows `lease_expires_at` while a retry is left, as
+# the CHECK constraint requires, so capture and the sweeper see the new
+# expiry at once.
+EXTEND = f"""
+{_FENCE}, extended AS (
+    UPDATE tasks_app_task AS t
+    SET updated_at = statement_timestamp(),
+        lease_expires_at = statement_timestamp()
+            + make_interval(secs => coalesce(%(timeout)s::int, t.timeout)),
+        available_at = CASE WHEN t.retries_left > 0 THEN statement_timestamp()
+            + make_interval(secs => coalesce(%(timeout)s::int, t.timeout)) END
+    FROM decided
+    WHERE t.id = decided.id AND decided.problem IS NULL
+    RETURNING {_T_COLUMNS}, t.lease_token::text AS lease_token
+)
+{
+    _FENCE_ANSWER.format(
+        columns=", ".join("r." + c for c in [*TASK_COLUMNS.split(", "), "lease_token"]),
+        source="extended",
+    )
+}
 """
 
 # Register tasks from parallel arrays, skipping ids that exist (the caller
@@ -223,7 +297,9 @@ SELECT id FROM changed
 """
 
 _EXPIRED = "status = 'in_progress' AND lease_expires_at <= statement_timestamp()"
-_FINISHED = "lease_expires_at = NULL, updated_at = statement_timestamp()"
+# An operator ending a lease clears its token, so the holder's release or
+# extend is refused as stale rather than taken for its own.
+_FINISHED = "lease_expires_at = NULL, lease_token = NULL, updated_at = statement_timestamp()"
 
 
 def _operator_action(condition: str, assignments: str) -> str:

@@ -21,9 +21,10 @@ from tasks_app import services
 from tasks_app.filters import TaskFilter
 from tasks_app.models import Task
 from tasks_app.pagination import TaskCursorPagination
-from tasks_app.rendering import render_task
+from tasks_app.rendering import render_lease, render_task
 from tasks_app.serializers import (
     CaptureSerializer,
+    ExtendSerializer,
     ReleaseSerializer,
     TaskBatchSerializer,
     TaskCreateSerializer,
@@ -76,8 +77,17 @@ TASK_REGISTERED = PolymorphicProxySerializer(
     release=extend_schema(
         summary="Release leased tasks",
         request=ReleaseSerializer,
-        examples=[schema.RELEASE_EXAMPLE],
+        description="Give `task_ids` (the seed's form: ends whichever lease each task is "
+        "under) or `leases` (fenced: ends only the lease each token names).",
+        examples=schema.RELEASE_EXAMPLES,
         responses={200: schema.ReleasedSerializer, **schema.errors(413, 415)},
+    ),
+    extend=extend_schema(
+        summary="Extend leases (heartbeat)",
+        description="Each valid lease ends `timeout` seconds from now (default: the task's "
+        "own timeout); status, retries, attempt and token stay.",
+        request=ExtendSerializer,
+        responses={200: schema.ExtendedSerializer, **schema.errors(413, 415)},
     ),
 )
 class TaskViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
@@ -92,6 +102,7 @@ class TaskViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         "retrieve": Role.READ_ONLY,
         "capture": Role.WORKER,
         "release": Role.WORKER,
+        "extend": Role.WORKER,
     }
 
     def get_queryset(self) -> QuerySet[Task]:
@@ -103,6 +114,7 @@ class TaskViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
             "updated_at",
             "status",
             "lease_expires_at",
+            "attempt",
         )
 
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -148,7 +160,7 @@ class TaskViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         serializer = CaptureSerializer(data=data)
         serializer.is_valid(raise_exception=True)
         rows = services.capture_tasks(**serializer.validated_data, scope=token_scope(request))
-        return Response({"list": [render_task(row) for row in rows]}, headers=NO_STORE)
+        return Response({"list": [render_lease(row) for row in rows]}, headers=NO_STORE)
 
     @action(detail=False, methods=["put"])
     def release(self, request: Request) -> Response:
@@ -158,7 +170,24 @@ class TaskViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         return Response(
             {
                 "list": [render_task(row) for row in result.released],
-                "errors": [{"id": e.id, "detail": e.detail} for e in result.errors],
+                "errors": [_render_error(e) for e in result.errors],
             },
             headers=NO_STORE,
         )
+
+    @action(detail=False, methods=["put"])
+    def extend(self, request: Request) -> Response:
+        serializer = ExtendSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        result = services.extend_leases(**serializer.validated_data, scope=token_scope(request))
+        return Response(
+            {
+                "list": [render_lease(row) for row in result.extended],
+                "errors": [_render_error(e) for e in result.errors],
+            },
+            headers=NO_STORE,
+        )
+
+
+def _render_error(error: services.ReleaseError) -> dict[str, str]:
+    return {"id": error.id, "code": str(error.code), "detail": error.detail}

@@ -219,3 +219,14 @@ def test_an_api_token_does_not_open_the_admin(tasks, token):
     assert "/admin/login/" in r["Location"]
     r = post_action(client, "delete", ["late"])
     assert Task.objects.filter(pk="late").exists()
+
+
+def test_the_admin_never_shows_a_lease_token(admin_client, db):
+    make_namespace("ns")
+    make_task("a")
+    (leased,) = capture_tasks(namespace_id="ns", limit=1)
+    pages = [admin_client.get(URL), admin_client.get(URL + "a/change/")]
+    for page in pages:
+        assert page.status_code == 200
+        assert leased.lease_token not in page.content.decode()
+    assert "Attempt" in pages[1].content.decode()

@@ -241,7 +241,7 @@ def test_register_task_with_a_lone_surrogate_in_an_id_is_refused(api, world, fie
     assert snapshot() == before
 
 
-@pytest.mark.parametrize("reserved", ["capture", "release"])
+@pytest.mark.parametrize("reserved", ["capture", "release", "extend"])
 def test_register_task_with_a_reserved_id_is_refused(api, world, reserved):
     before = snapshot()
     body = assert_client_error(send(api, "POST", "/v1/task", with_(id=reserved)), 400, field="id")

@@ -140,7 +140,9 @@ class TestNamespaceLimitedToken:
         )
         body = r.json()
         assert [t["id"] for t in body["list"]] == ["m000000"]
-        assert body["errors"] == [{"id": "x000000", "detail": "Task is not registered."}]
+        assert body["errors"] == [
+            {"id": "x000000", "code": "not_found", "detail": "Task is not registered."}
+        ]
         assert [row for row in table_state() if row[0].startswith("x")] == before
 
     def test_registering_into_a_foreign_namespace(self, limited, unlimited):

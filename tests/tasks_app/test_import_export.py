@@ -17,7 +17,7 @@ from django.db import connection
 
 from namespaces_app.models import Namespace
 from tasks_app.models import Task
-from tasks_app.services import capture_tasks
+from tasks_app.services import Lease, LeaseProblem, capture_tasks, release_tasks
 from tests.factories import make_namespace, make_task, make_tasks
 from tests.utils import subprocess_env
 
@@ -196,6 +196,7 @@ class TestValidation:
         "good,ns,1,1,idle\n"  # 11 duplicate
         "t11,ns,1.5,1,idle\n"  # 12 not an integer
         "t12,ns,-4,1,idle\n"  # 13 out of range
+        "extend,ns,1,1,idle\n"  # 14 reserved
     )
     EXPECTED = [
         "line 3: missing id",
@@ -209,6 +210,7 @@ class TestValidation:
         "line 11: duplicate id (first on line 2)",
         "line 12: timeout is not an integer",
         "line 13: timeout out of range",
+        "line 14: id extend is reserved",
     ]
 
     def test_every_bad_row_is_reported_with_its_line_and_nothing_is_imported(self, tmp_path):
@@ -224,19 +226,19 @@ class TestValidation:
         make_namespace("ns")
         path = write(tmp_path, "bad.csv", self.BAD)
         out = run_import(path, "--skip-invalid")
-        assert "imported 1, updated 0, skipped 0, rejected 11" in out
+        assert "imported 1, updated 0, skipped 0, rejected 12" in out
         assert list(Task.objects.values_list("id", flat=True)) == ["good"]
         rejects = (tmp_path / "bad.csv.rejects.csv").read_text().splitlines()
         assert rejects[0] == "line,reason,id,namespace_id,timeout,retries_left,status"
         assert rejects[1] == "3,missing id,,ns,1,1,idle"
-        assert len(rejects) == 12
+        assert len(rejects) == 13
 
     def test_rejects_path_can_be_chosen(self, tmp_path):
         make_namespace("ns")
         target = tmp_path / "out" / "r.csv"
         target.parent.mkdir()
         run_import(write(tmp_path, "bad.csv", self.BAD), "--skip-invalid", "--rejects", str(target))
-        assert target.read_text().count("\n") == 12
+        assert target.read_text().count("\n") == 13
 
     def test_jsonl_type_errors_are_rows_not_file_errors(self, tmp_path):
         make_namespace("ns")
@@ -321,6 +323,17 @@ class TestConflicts:
         assert requeued.status == "idle"
         assert requeued.available_at is not None
         assert capture_tasks(namespace_id="ns", limit=5)[0].id == "done-task"
+
+    def test_an_update_that_starts_a_lease_does_not_hand_it_to_an_old_holder(self, tmp_path):
+        make_namespace("ns")
+        make_task("a", "ns")
+        (old,) = capture_tasks(namespace_id="ns", limit=1)
+        release_tasks(status="failed", leases=[Lease(id="a", lease_token=old.lease_token)])
+        path = write(tmp_path, "t.csv", "id,status\na,in_progress\n")
+        assert "updated 1" in run_import(path, "--namespace", "ns", "--on-conflict", "update")
+        result = release_tasks(status="done", leases=[Lease(id="a", lease_token=old.lease_token)])
+        assert [e.code for e in result.errors] == [LeaseProblem.STALE_LEASE]
+        assert Task.objects.get(pk="a").status == "in_progress"
 
 
 def test_a_hundred_thousand_rows(tmp_path):
