@@ -13,6 +13,10 @@ In one run, on one database of its own (`taskq_throughput`):
    SQL (the product's own capture and release statements, over psycopg) from
    K processes for S seconds. Each side starts from the same freshly loaded,
    vacuumed table. The figure that matters is the ratio HTTP / SQL.
+   `--release leases` (the default) releases with the lease tokens capture
+   gave (`{"leases": [{"id", "lease_token"}]}`), `--release ids` with the
+   seed's `task_ids`; `--release both` measures the two side by side, so the
+   cost of the fence is read off one run.
 2. Table growth: capture p99 over HTTP with 10,000 tasks in the table, then
    with 5,000,000 (all but those 10,000 done). Here workers hand tasks back
    (release idle) so the table stays the size it is meant to be.
@@ -110,7 +114,13 @@ class Run:
 
 
 def http_worker(
-    port: int, token: str, batch: int, release_as: str, start: float, seconds: float
+    port: int,
+    token: str,
+    batch: int,
+    release_as: str,
+    form: str,
+    start: float,
+    seconds: float,
 ) -> WorkerResult:
     import orjson
 
@@ -128,27 +138,29 @@ def http_worker(
         result.latencies.append(time.perf_counter() - began)
         if response.status != 200:
             raise RuntimeError(f"capture answered {response.status}: {body[:200]!r}")
-        ids = [task["id"] for task in orjson.loads(body)["list"]]
-        if not ids:
+        tasks = orjson.loads(body)["list"]
+        if not tasks:
             result.ran_dry = True
             break
-        conn.request(
-            "PUT",
-            "/v1/task/release",
-            body=orjson.dumps({"status": release_as, "task_ids": ids}),
-            headers=headers,
-        )
+        if form == "leases":
+            release = {
+                "status": release_as,
+                "leases": [{"id": t["id"], "lease_token": t["lease_token"]} for t in tasks],
+            }
+        else:
+            release = {"status": release_as, "task_ids": [t["id"] for t in tasks]}
+        conn.request("PUT", "/v1/task/release", body=orjson.dumps(release), headers=headers)
         response = conn.getresponse()
         response.read()
         if response.status != 200:
             raise RuntimeError(f"release answered {response.status}")
-        result.tasks += len(ids)
+        result.tasks += len(tasks)
     conn.close()
     return result
 
 
 def sql_worker(
-    conninfo: str, batch: int, release_as: str, start: float, seconds: float
+    conninfo: str, batch: int, release_as: str, form: str, start: float, seconds: float
 ) -> WorkerResult:
     import psycopg
 
@@ -167,7 +179,11 @@ def sql_worker(
             if not ids:
                 result.ran_dry = True
                 break
-            conn.execute(sql.RELEASE, {"ids": ids, "status": release_as, "scope": None})
+            # The token is the last column capture returns.
+            tokens = [row[-1] for row in rows] if form == "leases" else None
+            conn.execute(
+                sql.RELEASE, {"ids": ids, "tokens": tokens, "status": release_as, "scope": None}
+            ).fetchall()
             result.tasks += len(ids)
     return result
 
@@ -263,6 +279,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--growth-rows", type=int, default=5_000_000)
     parser.add_argument("--skip-growth", action="store_true")
     parser.add_argument(
+        "--release",
+        choices=["leases", "ids", "both"],
+        default="leases",
+        help="Release with lease tokens (fenced), with task_ids (the seed's form), or both.",
+    )
+    parser.add_argument(
         "--batches", type=int, nargs="+", default=list(BATCHES), help="Batch sizes to run."
     )
     parser.add_argument(
@@ -298,39 +320,45 @@ def enough_tasks(batch: int, workers: int, seconds: float) -> int:
     return int(per_second * seconds * 1.5) + workers * batch
 
 
+def release_forms(args: argparse.Namespace) -> list[str]:
+    return ["ids", "leases"] if args.release == "both" else [args.release]
+
+
 def run_matrix(
     args: argparse.Namespace, server: Server, token: str, url: str
-) -> list[tuple[int, int, Run, Run]]:
+) -> list[tuple[int, int, str, Run, Run]]:
     rows = []
     for batch in args.batches:
         for workers in args.workers:
-            tasks = enough_tasks(batch, workers, args.seconds)
-            reset_table(idle=tasks)
-            http_run = run_workers(
-                http_worker, (server.port, token, batch, "done"), workers, args.seconds
-            )
-            reset_table(idle=tasks)
-            sql_run = run_workers(sql_worker, (url, batch, "done"), workers, args.seconds)
-            rows.append((batch, workers, http_run, sql_run))
-            print(
-                f"B={batch:<3} K={workers:<2} http {http_run.per_second:>9,.0f}/s "
-                f"sql {sql_run.per_second:>9,.0f}/s "
-                f"ratio {http_run.per_second / sql_run.per_second:.2f}",
-                flush=True,
-            )
+            for form in release_forms(args):
+                tasks = enough_tasks(batch, workers, args.seconds)
+                reset_table(idle=tasks)
+                http_run = run_workers(
+                    http_worker, (server.port, token, batch, "done", form), workers, args.seconds
+                )
+                reset_table(idle=tasks)
+                sql_run = run_workers(sql_worker, (url, batch, "done", form), workers, args.seconds)
+                rows.append((batch, workers, form, http_run, sql_run))
+                print(
+                    f"B={batch:<3} K={workers:<2} {form:<6} http {http_run.per_second:>9,.0f}/s "
+                    f"sql {sql_run.per_second:>9,.0f}/s "
+                    f"ratio {http_run.per_second / sql_run.per_second:.2f}",
+                    flush=True,
+                )
     return rows
 
 
 def run_growth(args: argparse.Namespace, server: Server, token: str) -> tuple[Run, Run]:
     reset_table(idle=10_000)
-    small = run_workers(http_worker, (server.port, token, 10, "idle"), 4, args.seconds)
+    form = release_forms(args)[-1]
+    small = run_workers(http_worker, (server.port, token, 10, "idle", form), 4, args.seconds)
     reset_table(idle=10_000, done=args.growth_rows - 10_000)
-    large = run_workers(http_worker, (server.port, token, 10, "idle"), 4, args.seconds)
+    large = run_workers(http_worker, (server.port, token, 10, "idle", form), 4, args.seconds)
     return small, large
 
 
 def report(
-    matrix: list[tuple[int, int, Run, Run]],
+    matrix: list[tuple[int, int, str, Run, Run]],
     growth: tuple[Run, Run] | None,
     args: argparse.Namespace,
 ) -> int:
@@ -338,6 +366,7 @@ def report(
         [
             "B",
             "K",
+            "release",
             "HTTP tasks/s",
             "SQL tasks/s",
             "HTTP / SQL",
@@ -350,6 +379,7 @@ def report(
             (
                 batch,
                 workers,
+                form,
                 round(h.per_second),
                 round(s.per_second),
                 f"{h.per_second / s.per_second:.2f}"
@@ -359,13 +389,13 @@ def report(
                 s.p50_ms,
                 s.p99_ms,
             )
-            for batch, workers, h, s in matrix
+            for batch, workers, form, h, s in matrix
         ],
         title=f"Capture + release, {args.seconds:g} s per measurement",
     )
     verdicts = []
     for batch, target in TARGET_RATIO.items():
-        ratios = [h.per_second / s.per_second for b, _, h, s in matrix if b == batch]
+        ratios = [h.per_second / s.per_second for b, _, _, h, s in matrix if b == batch]
         if not ratios:
             continue
         best = max(ratios)
@@ -398,6 +428,23 @@ def report(
                 f"{ratio:.2f}x",
                 verdict(ratio <= TARGET_GROWTH),
             )
+        )
+    if args.release == "both":
+        # The fence's cost: fenced over unfenced tasks/s, each side of the same run.
+        by_key = {(b, k, f): (h, s) for b, k, f, h, s in matrix}
+
+        def fence_cost(b: int, k: int, side: int) -> str:
+            fenced, seed = by_key[b, k, "leases"][side], by_key[b, k, "ids"][side]
+            return f"{fenced.per_second / seed.per_second:.2f}"
+
+        print_table(
+            ["B", "K", "HTTP leases / ids", "SQL leases / ids"],
+            [
+                (b, k, fence_cost(b, k, 0), fence_cost(b, k, 1))
+                for b, k, f, _, _ in matrix
+                if f == "ids"
+            ],
+            title="Fenced release against the seed's release",
         )
     print_table(["target", "measured", "verdict"], verdicts, title="Targets")
     return 0
