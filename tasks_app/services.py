@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from django.db import connection, transaction
 from django.db.models import QuerySet
@@ -196,13 +196,7 @@ def release_tasks(
             {"ids": ids, "tokens": tokens, "status": str(status), "scope": _scope(scope)},
         )
         answers = cursor.fetchall()
-    released: list[TaskRow] = []
-    errors: list[ReleaseError] = []
-    for task_id, (problem, state, *columns) in zip(ids, answers, strict=True):
-        if problem is None:
-            released.append(TaskRow(*columns))
-        else:
-            errors.append(_lease_error(task_id, LeaseProblem(problem), state))
+    released, errors = _fence_outcome(ids, answers, TaskRow)
     return ReleaseResult(released=released, errors=errors)
 
 
@@ -228,13 +222,7 @@ def extend_leases(
             sql.EXTEND, {"ids": ids, "tokens": tokens, "timeout": timeout, "scope": _scope(scope)}
         )
         answers = cursor.fetchall()
-    extended: list[LeaseRow] = []
-    errors: list[ReleaseError] = []
-    for task_id, (problem, state, *columns) in zip(ids, answers, strict=True):
-        if problem is None:
-            extended.append(LeaseRow(*columns))
-        else:
-            errors.append(_lease_error(task_id, LeaseProblem(problem), state))
+    extended, errors = _fence_outcome(ids, answers, LeaseRow)
     return ExtendResult(extended=extended, errors=errors)
 
 
@@ -251,6 +239,26 @@ def _fence_arguments(
     for lease in leases:
         first.setdefault(lease.id, lease.lease_token)
     return list(first), list(first.values())
+
+
+Row = TypeVar("Row", TaskRow, LeaseRow)
+
+
+def _fence_outcome(
+    ids: list[str], answers: list[tuple[Any, ...]], row_type: type[Row]
+) -> tuple[list[Row], list[ReleaseError]]:
+    """What a fenced statement did to each id, in the order the ids were given."""
+    by_id = {answer[2]: answer for answer in answers}
+    assert len(by_id) == len(ids), "the fence answers once per id asked for"
+    changed: list[Row] = []
+    errors: list[ReleaseError] = []
+    for task_id in ids:
+        problem, state, *columns = by_id[task_id]
+        if problem is None:
+            changed.append(row_type(*columns))
+        else:
+            errors.append(_lease_error(task_id, LeaseProblem(problem), state))
+    return changed, errors
 
 
 def _scope(scope: Scope) -> list[str] | None:
