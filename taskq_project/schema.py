@@ -72,6 +72,12 @@ class CapturedSerializer(serializers.Serializer):
     list = LeasedTaskSerializer(many=True)
 
 
+class RegisteredListSerializer(serializers.Serializer):
+    """A list registration's answer: the tasks as stored (no lease tokens)."""
+
+    list = TaskSerializer(many=True)
+
+
 class ReleaseErrorSerializer(serializers.Serializer):
     id = serializers.CharField()
     code = serializers.ChoiceField(

@@ -36,7 +36,7 @@ NO_STORE = {"Cache-Control": "no-store"}
 
 TASK_REGISTERED = PolymorphicProxySerializer(
     component_name="TaskRegistered",
-    serializers=[schema.TaskSerializer, schema.CapturedSerializer],
+    serializers=[schema.TaskSerializer, schema.RegisteredListSerializer],
     resource_type_field_name=None,
 )
 
