@@ -4,6 +4,7 @@ Every error answers JSON with a human-readable `detail`; validation errors
 also carry `errors`, keyed by field, so clients can point at what was wrong.
 """
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -132,8 +133,10 @@ class FastJSONRenderer(JSONRenderer):
             return orjson.dumps(data, option=orjson.OPT_PASSTHROUGH_DATETIME, default=_fallback)
         except TypeError:
             # Anything orjson cannot take (lazy translations in DRF's own
-            # messages, for one) goes through DRF's encoder.
-            return super().render(data, accepted_media_type, renderer_context)
+            # messages, for one) goes through the standard library, with
+            # every non-ASCII character escaped: a string that is not valid
+            # Unicode (a lone surrogate from a query string) must still render.
+            return json.dumps(data, cls=encoders.JSONEncoder, ensure_ascii=True).encode("ascii")
 
 
 def _fallback(value: Any) -> Any:

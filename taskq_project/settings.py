@@ -173,7 +173,7 @@ REST_FRAMEWORK = {
         "apikeys_app.permissions.TokenRole",
     ],
     "DEFAULT_RENDERER_CLASSES": ["taskq_project.api.FastJSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["taskq_project.parsers.StrictJSONParser"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_THROTTLE_CLASSES": ["apikeys_app.throttling.TokenRateThrottle"],
     "EXCEPTION_HANDLER": "taskq_project.api.exception_handler",

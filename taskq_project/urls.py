@@ -1,10 +1,10 @@
 from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
 from namespaces_app.views import NamespaceViewSet
+from taskq_project.docs_views import RedocView, SchemaView, SwaggerView
 from taskq_project.views import healthz
 from tasks_app.views import TaskViewSet
 
@@ -16,9 +16,9 @@ router.register("namespace", NamespaceViewSet, basename="namespace")
 router.register("task", TaskViewSet, basename="task")
 
 urlpatterns = [
-    re_path(r"^v1/schema/?$", SpectacularAPIView.as_view(), name="schema"),
-    re_path(r"^v1/docs/?$", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
-    re_path(r"^v1/redoc/?$", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    re_path(r"^v1/schema/?$", SchemaView.as_view(), name="schema"),
+    re_path(r"^v1/docs/?$", SwaggerView.as_view(url_name="schema"), name="docs"),
+    re_path(r"^v1/redoc/?$", RedocView.as_view(url_name="schema"), name="redoc"),
     path("v1/", include(router.urls)),
     path("healthz", healthz, name="healthz"),
     path(settings.ADMIN_URL, admin.site.urls),

@@ -152,7 +152,9 @@ def test_register_namespace_with_a_bad_id_is_refused(api, world, bad_id):
 )
 def test_register_namespace_with_a_lone_surrogate_in_its_id_is_refused(api, world, raw):
     before = snapshot()
-    assert_client_error(send(api, "POST", "/v1/namespace", raw), 400, field="id")
+    # Not Unicode text, so not JSON: refused by the parser, saying where.
+    body = assert_client_error(send(api, "POST", "/v1/namespace", raw), 400)
+    assert "surrogate" in body["detail"]
     assert snapshot() == before
 
 
@@ -237,7 +239,8 @@ def test_register_task_with_a_bad_namespace_id_is_refused(api, world, bad_id):
 def test_register_task_with_a_lone_surrogate_in_an_id_is_refused(api, world, field):
     raw = json.dumps(with_(**{field: "PLACEHOLDER"})).replace("PLACEHOLDER", SURROGATE)
     before = snapshot()
-    assert_client_error(send(api, "POST", "/v1/task", raw.encode()), 400, field=field)
+    body = assert_client_error(send(api, "POST", "/v1/task", raw.encode()), 400)
+    assert "surrogate" in body["detail"]
     assert snapshot() == before
 
 
@@ -417,7 +420,8 @@ def test_release_with_bad_fields_is_refused_and_releases_nothing(api, world, bod
 def test_release_with_a_lone_surrogate_id_is_refused_and_releases_nothing(api, world):
     raw = b'{"status": "done", "task_ids": ["busy-1", "' + SURROGATE.encode() + b'"]}'
     before = snapshot()
-    assert_client_error(send(api, "PUT", "/v1/task/release", raw), 400, field="task_ids")
+    body = assert_client_error(send(api, "PUT", "/v1/task/release", raw), 400)
+    assert "surrogate" in body["detail"]
     assert snapshot() == before
 
 
@@ -717,3 +721,72 @@ def test_options_request_never_answers_5xx_and_changes_nothing(api, world, path)
     r = api.options(path)
     assert r.status_code == 200 or 400 <= r.status_code < 500, (r.status_code, r.content)
     assert snapshot() == before
+
+
+# --- Bodies the JSON parser itself must refuse ------------------------------------------
+
+NESTED = {depth: b"[" * depth + b"]" * depth for depth in (1000, 5000)}
+
+
+@pytest.mark.parametrize("depth", sorted(NESTED))
+@pytest.mark.parametrize(
+    ("method", "path", "wrap"),
+    [
+        ("POST", "/v1/task", lambda b: b),
+        ("POST", "/v1/namespace", lambda b: b'{"id": ' + b + b"}"),
+        ("PUT", "/v1/task/release", lambda b: b'{"status": "done", "task_ids": ' + b + b"}"),
+        ("PUT", "/v1/task/extend", lambda b: b'{"leases": ' + b + b"}"),
+        ("POST", "/v1/task/capture", lambda b: b'{"namespace_id": ' + b + b"}"),
+    ],
+)
+def test_deeply_nested_bodies_are_refused(api, world, method, path, wrap, depth):
+    before = snapshot()
+    assert_client_error(send(api, method, path, wrap(NESTED[depth])), 400)
+    assert snapshot() == before
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        f'{{"status": "{SURROGATE}", "task_ids": ["idle-1"]}}',
+        f'{{"status": "done", "task_ids": ["{SURROGATE}"]}}',
+        f'{{"status": "done", "task_ids": ["idle-1"], "{SURROGATE}": 1}}',
+        f'{{"status": "done", "leases": [{{"id": "busy-1", "lease_token": "{SURROGATE}"}}]}}',
+        '{"status": "done", "task_ids": ["idle-1"], "x": NaN}',
+        b'{"status": "done", "task_ids": ["\xff"]}',
+    ],
+)
+def test_strings_that_are_not_unicode_are_refused(api, world, body):
+    before = snapshot()
+    body = body if isinstance(body, bytes) else body.encode()
+    response = assert_client_error(send(api, "PUT", "/v1/task/release", body), 400)
+    assert "JSON" in response["detail"]
+    assert snapshot() == before
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/task/capture?namespace_id=%ED%A0%80",
+        "/v1/task?namespace_id=%ED%A0%80",
+        "/v1/task?status=%ED%A0%80",
+        "/v1/task/%ED%A0%80",
+        "/v1/namespace/%ED%A0%80",
+    ],
+)
+def test_an_undecodable_query_or_path_still_answers_json(api, world, path):
+    response = api.get(path)
+    assert response.status_code < 500, response.content
+    assert response.status_code == 204 or response["Content-Type"].startswith("application/json")
+
+
+def test_an_error_message_always_renders_even_when_it_is_not_unicode():
+    from django.utils.translation import gettext_lazy
+
+    from taskq_project.api import FastJSONRenderer
+
+    # A lazy string sends orjson's output through the fallback encoder; the
+    # lone surrogate is what once made that fallback raise.
+    data = {"detail": "bad \ud800 id", "hint": gettext_lazy("This field is required.")}
+    rendered = FastJSONRenderer().render(data)
+    assert json.loads(rendered) == {"detail": "bad \ud800 id", "hint": "This field is required."}

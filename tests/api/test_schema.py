@@ -78,3 +78,19 @@ def test_documentation_pages_use_local_static_files_only(anon, page):
     html = r.content.decode()
     assert "/static/drf_spectacular_sidecar/" in html
     assert "cdn." not in html and "unpkg" not in html and "jsdelivr" not in html
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("post", "/v1/schema"),
+        ("delete", "/v1/schema/"),
+        ("put", "/v1/docs"),
+        ("post", "/v1/redoc"),
+    ],
+)
+def test_errors_of_the_documentation_pages_answer_json(anon, method, path):
+    r = getattr(anon, method)(path)
+    assert 400 <= r.status_code < 500
+    assert r["Content-Type"].startswith("application/json"), (r["Content-Type"], r.content[:80])
+    assert r.json()["detail"]
