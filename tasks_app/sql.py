@@ -72,13 +72,22 @@ WHERE t.id = picked.id
 RETURNING {_T_COLUMNS}, t.lease_token::text
 """
 
-# The fence shared by release and extend. Every id asked for that exists
-# (within the token's scope) is locked, in id order, so overlapping batches
-# take their locks in the same order and never deadlock each other, and the
-# decision is taken on each row's latest version (a row locked after a
-# concurrent change is re-read). `decided` names, for every id asked for, why
-# it is refused (NULL when it goes through): the code and the state it reports
-# come from the same locked row that decided, never from a second read.
+# The fence shared by release and extend.
+#
+# `seen` reads every id asked for (within the token's scope) from the
+# statement's snapshot. Only the rows in progress there can be released or
+# extended, and only those are locked (`locked`), in id order, so overlapping
+# batches take their locks in the same order and never deadlock each other,
+# and a row that was not in progress never makes the statement wait on
+# whoever holds it (an import, an operator). FOR UPDATE waits for a
+# concurrent change to such a row to commit and returns the row's latest
+# version; its WHERE names only the id, so the row comes back whatever that
+# version's state, and the decision is taken on it. A row missing from
+# `locked` although `seen` had it in progress was deleted meanwhile.
+#
+# `decided` names, for every id asked for, why it is refused (NULL when it
+# goes through): the code and the state it reports come from the row that
+# decided, in this statement, never from a second read.
 #
 # The id and token arrays travel in binary (`%(...)b`): psycopg dumps a list
 # of strings several times faster that way than as an array literal, which it
@@ -86,31 +95,40 @@ RETURNING {_T_COLUMNS}, t.lease_token::text
 #
 # A NULL token (the seed's `task_ids` form) accepts whichever lease the task
 # is under. A token that is not the task's latest lease is stale whatever the
-# task's state: it was captured again since, or an operator ended the lease
-# (operators clear the token). The latest lease's own token on a task no
-# longer in progress (released, or reclaimed by the sweeper) is
-# `not_in_progress`.
+# task's state: the task was captured again since, or an operator or an
+# import ended or replaced its lease (both clear the token). The latest
+# lease's own token on a task no longer in progress (released, or reclaimed
+# by the sweeper) is `not_in_progress`.
 _FENCE = """
 WITH asked AS (
     SELECT a.id, a.token
     FROM unnest(%(ids)b::text[], %(tokens)b::text[]) AS a(id, token)
-), locked AS MATERIALIZED (
+), seen AS MATERIALIZED (
     SELECT t.id, t.status, t.lease_token
     FROM tasks_app_task AS t
     WHERE t.id = ANY(%(ids)b::text[])
       AND (%(scope)s::text[] IS NULL OR t.namespace_id = ANY(%(scope)s::text[]))
+), locked AS MATERIALIZED (
+    SELECT t.id, t.status, t.lease_token
+    FROM tasks_app_task AS t
+    WHERE t.id = ANY(ARRAY(SELECT seen.id FROM seen WHERE seen.status = 'in_progress'))
     ORDER BY t.id
     FOR UPDATE
 ), decided AS MATERIALIZED (
-    SELECT asked.id, locked.status,
+    SELECT asked.id, coalesce(locked.status, seen.status) AS status,
            CASE
-               WHEN locked.id IS NULL THEN 'not_found'
+               WHEN seen.id IS NULL THEN 'not_found'
+               WHEN locked.id IS NULL AND seen.status = 'in_progress' THEN 'not_found'
                WHEN asked.token IS NOT NULL
-                    AND locked.lease_token::text IS DISTINCT FROM asked.token
+                    AND (CASE WHEN locked.id IS NULL THEN seen.lease_token
+                              ELSE locked.lease_token END)::text IS DISTINCT FROM asked.token
                    THEN 'stale_lease'
-               WHEN locked.status <> 'in_progress' THEN 'not_in_progress'
+               WHEN coalesce(locked.status, seen.status) <> 'in_progress'
+                   THEN 'not_in_progress'
            END AS problem
-    FROM asked LEFT JOIN locked ON locked.id = asked.id
+    FROM asked
+    LEFT JOIN seen ON seen.id = asked.id
+    LEFT JOIN locked ON locked.id = asked.id
 )"""
 
 

@@ -369,10 +369,14 @@ def test_extend_defaults_to_the_tasks_own_timeout(api, namespace):
     make_task("a", timeout=45)
     (task,) = capture(api)
     age_task("a", 30)
+    before = row("a")
     (extended,) = extend(api, [task]).json()["list"]
     assert extended["lease_expires_at"] - extended["updated_at"] == 45
     after = row("a")
     assert (after["lease_expires_at"] - after["updated_at"]).total_seconds() == 45
+    # The lease really moved: 30 s had passed since the capture.
+    assert (after["lease_expires_at"] - before["lease_expires_at"]).total_seconds() > 29
+    assert after["updated_at"] > before["updated_at"]
 
 
 def test_extend_of_the_last_retry_keeps_the_task_out_of_the_capture_index(api, namespace):

@@ -23,10 +23,13 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 WORKERS = 16
 STALLERS = 4  # workers 0-3 hold every task past its lease
-TASKS = 80
-TIMEOUT = 2  # seconds of every lease
-STALL = 2.6  # a staller's hold: its lease has expired when it releases
-HOLD = (0.3, 1.0)  # everyone else's hold, well inside the lease
+TASKS = 40
+TIMEOUT = 3  # seconds of every lease
+STALL = 3.6  # a staller's hold: its lease has expired when it releases
+# Everyone else's hold: well inside the lease, and longer than a staller's
+# overrun, so a stalled lease that another worker took over is still held by
+# that worker when the staller's late release arrives.
+HOLD = (0.8, 1.5)
 
 
 @dataclass
