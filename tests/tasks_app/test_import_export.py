@@ -18,7 +18,7 @@ from django.db import connection
 from namespaces_app.models import Namespace
 from tasks_app.models import Task
 from tasks_app.services import Lease, LeaseProblem, capture_tasks, release_tasks
-from tests.factories import make_namespace, make_task, make_tasks
+from tests.factories import age_task, make_namespace, make_task, make_tasks
 from tests.utils import subprocess_env
 
 
@@ -45,6 +45,16 @@ def write(tmp_path: Path, name: str, content: str | bytes) -> str:
         data = gzip.compress(data)
     path.write_bytes(data)
     return str(path)
+
+
+def stored_state() -> dict[str, tuple]:
+    """What an import could move that is not a column of the file."""
+    return {
+        row[0]: row[1:]
+        for row in Task.objects.values_list(
+            "id", "updated_at", "available_at", "lease_expires_at", "lease_token", "attempt"
+        )
+    }
 
 
 def tasks_as_rows() -> list[tuple]:
@@ -137,6 +147,18 @@ class TestMalformedFiles:
             ("header-only.csv", b"id,timeout\n", "no rows, only a header"),
             ("noheader.csv", b"a,60\nb,70\n", "missing header"),
             ("unknown.csv", b"id,colour\nx,red\n", "unknown column(s) 'colour'"),
+            (
+                "case.csv",
+                b"ID,Namespace_Id\nx,ns\n",
+                "line 1: unknown column(s) 'ID', 'Namespace_Id'; names are case-sensitive; "
+                "allowed: id, namespace_id, timeout, retries_left, status",
+            ),
+            (
+                "mixedcase.csv",
+                b"id,Timeout\nx,5\n",
+                "unknown column(s) 'Timeout'; names are case-sensitive",
+            ),
+            ("noid.csv", b"timeout,status\n5,idle\n", "line 1: no id column"),
             ("twice.csv", b"id,id\nx,y\n", "named twice"),
             (
                 "extra.csv",
@@ -175,6 +197,28 @@ class TestMalformedFiles:
         assert "truncated" in str(error)
         assert not Task.objects.exists()
 
+    @pytest.mark.parametrize(
+        ("namespace", "problem"),
+        [
+            ("n" * 300, "id must be at most 255 characters long (got 300)"),
+            ("bad/", "id must not end with '/'"),
+            ("a\tb", "id must not contain control characters (found U+0009)"),
+            ("", "id must not be empty"),
+        ],
+    )
+    def test_namespace_option_is_checked_like_any_namespace_id(self, tmp_path, namespace, problem):
+        error, _ = failing_import(
+            write(tmp_path, "t.csv", "id\nx\n"), "--namespace", namespace, "--create-namespace"
+        )
+        assert error.returncode == 2
+        assert str(error).startswith("--namespace '")
+        assert problem in str(error)
+        # The value is quoted short and printable, whatever was passed.
+        assert len(str(error)) < 120
+        assert "\t" not in str(error)
+        assert not Task.objects.exists()
+        assert not Namespace.objects.exists()
+
     def test_missing_file(self, tmp_path):
         error, _ = failing_import(str(tmp_path / "nope.csv"))
         assert error.returncode == 2
@@ -199,18 +243,18 @@ class TestValidation:
         "extend,ns,1,1,idle\n"  # 14 reserved
     )
     EXPECTED = [
-        "line 3: missing id",
-        "line 4: id longer than 255 characters",
-        "line 5: id capture is reserved",
-        "line 6: timeout is not an integer",
-        "line 7: timeout out of range",
-        "line 8: retries_left out of range",
-        "line 9: unknown status paused",
-        "line 10: unknown namespace elsewhere",
-        "line 11: duplicate id (first on line 2)",
-        "line 12: timeout is not an integer",
-        "line 13: timeout out of range",
-        "line 14: id extend is reserved",
+        "line 3: missing id\n",
+        f"line 4: id longer than 255 characters (got 256: '{'x' * 40}…')\n",
+        "line 5: id capture is reserved\n",
+        "line 6: timeout is not an integer ('soon')\n",
+        "line 7: timeout out of range (1 to 2147483647, got '0')\n",
+        "line 8: retries_left out of range (0 to 2147483647, got '99999999999')\n",
+        "line 9: unknown status paused\n",
+        "line 10: unknown namespace elsewhere\n",
+        "line 11: duplicate id (first on line 2)\n",
+        "line 12: timeout is not an integer ('1.5')\n",
+        "line 13: timeout out of range (1 to 2147483647, got '-4')\n",
+        "line 14: id extend is reserved\n",
     ]
 
     def test_every_bad_row_is_reported_with_its_line_and_nothing_is_imported(self, tmp_path):
@@ -233,6 +277,52 @@ class TestValidation:
         assert rejects[1] == "3,missing id,,ns,1,1,idle"
         assert len(rejects) == 13
 
+    def test_row_errors_quote_values_cut_short_and_printable(self, tmp_path):
+        make_namespace("ns")
+        path = write(
+            tmp_path,
+            "t.csv",
+            "id,namespace_id,timeout,status\n"
+            "a\tb,ns,,\n"  # line 2
+            "bad/,ns,,\n"  # 3
+            "t3,ns/,,\n"  # 4
+            't4,"n\x01s",,\n'  # 5
+            f"t5,ns,{'9' * 50},\n"  # 6
+            f"t6,ns,,{'p' * 100}\n"  # 7
+            f"t7,{'q' * 300},,\n",  # 8
+        )
+        _, err = failing_import(path)
+        assert err.splitlines() == [
+            "line 2: id contains control characters (found U+0009 in 'a\ufffdb')",
+            "line 3: id ends with / ('bad/')",
+            "line 4: invalid namespace_id: ends with / ('ns/')",
+            "line 5: invalid namespace_id: contains control characters"
+            " (found U+0001 in 'n\ufffds')",
+            f"line 6: timeout out of range (1 to 2147483647, got '{'9' * 40}…')",
+            f"line 7: unknown status {'p' * 40}…",
+            f"line 8: namespace_id longer than 255 characters (got 300: '{'q' * 40}…')",
+        ]
+
+    def test_an_empty_namespace_id_is_rejected_not_registered(self, tmp_path):
+        path = write(tmp_path, "t.jsonl", '{"id": "a", "namespace_id": ""}\n')
+        _, err = failing_import(path, "--create-namespace")
+        assert err.splitlines() == ["line 1: invalid namespace_id: empty"]
+        assert not Namespace.objects.exists()
+
+    def test_identical_bad_rows_are_each_rejected_once(self, tmp_path):
+        make_namespace("ns")
+        path = write(tmp_path, "t.csv", "id,timeout\nt,soon\nt,soon\nu,soon\nu,5\nok,1\n")
+        out = run_import(path, "--namespace", "ns", "--skip-invalid")
+        assert "imported 1, updated 0, skipped 0, rejected 4" in out
+        assert "line 2: timeout is not an integer ('soon')" in out
+        assert "line 3: timeout is not an integer ('soon')" in out
+        assert "line 4: timeout is not an integer ('soon')" in out
+        # A later line is a duplicate even when the first is rejected itself.
+        assert "line 5: duplicate id (first on line 4)" in out
+        rejects = (tmp_path / "t.csv.rejects.csv").read_text().splitlines()
+        assert [row.split(",")[0] for row in rejects[1:]] == ["2", "3", "4", "5"]
+        assert list(Task.objects.values_list("id", flat=True)) == ["ok"]
+
     def test_rejects_path_can_be_chosen(self, tmp_path):
         make_namespace("ns")
         target = tmp_path / "out" / "r.csv"
@@ -250,15 +340,16 @@ class TestValidation:
         )
         error, err = failing_import(path, "--namespace", "ns")
         assert error.returncode == 1
-        for expected in [
-            "line 2: id is not a string",
-            "line 3: timeout is not an integer",
-            "line 4: invalid JSON",
-            "line 5: not a JSON object",
+        lines = err.splitlines()
+        assert lines[0] == "line 2: id is not a string (5)"
+        assert lines[1] == 'line 3: timeout is not an integer ("5")'
+        assert lines[2].startswith("line 4: invalid JSON (")
+        assert lines[2].endswith(") in 'not json'")
+        assert lines[3:] == [
+            "line 5: not a JSON object ([1])",
             "line 6: unknown key(s) colour",
-            "line 7: retries_left is not an integer",
-        ]:
-            assert expected in err
+            "line 7: retries_left is not an integer (true)",
+        ]
         run_import(path, "--namespace", "ns", "--skip-invalid")
         assert list(Task.objects.values_list("id", flat=True)) == ["ok"]
 
@@ -301,14 +392,44 @@ class TestConflicts:
         make_namespace("ns")
         make_task("a", "ns", timeout=10, retries_left=7)
         make_task("b", "ns", timeout=20, retries_left=8, status="done")
+        before = stored_state()
         path = write(tmp_path, "t.csv", "id,timeout\na,99\nb,\nc,5\n")
         out = run_import(path, "--namespace", "ns", "--on-conflict", "update")
-        assert "imported 1, updated 2, skipped 0" in out
+        # b gives no column that differs from what is stored: not written.
+        assert "imported 1, updated 1, skipped 1 (1 unchanged), rejected 0" in out
         assert tasks_as_rows() == [
             ("a", "ns", 99, 7, "idle"),
             ("b", "ns", 20, 8, "done"),
             ("c", "ns", 5, 3, "idle"),
         ]
+        after = stored_state()
+        assert after["b"] == before["b"]
+        assert after["a"][0] > before["a"][0]
+
+    @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+    def test_update_from_an_unchanged_export_writes_no_row(self, tmp_path, fmt):
+        make_namespace("ns")
+        make_namespace("work")
+        make_tasks("ns", 3, prefix="i", timeout=42)
+        make_tasks("ns", 2, prefix="d", status="done", retries_left=0)
+        make_tasks("ns", 2, prefix="f", status="failed", retries_left=2)
+        make_task("leased", "work")
+        make_task("released", "work")
+        assert [t.id for t in capture_tasks(namespace_id="work", limit=1)] == ["leased"]
+        (old,) = capture_tasks(namespace_id="work", limit=1)
+        release_tasks(status="failed", leases=[Lease(id=old.id, lease_token=old.lease_token)])
+        for task_id in Task.objects.values_list("id", flat=True):
+            # An hour back, so that a rewrite could not land on the same instant.
+            age_task(task_id, 3600)
+        before = stored_state()
+        # A rewrite would also drop the token the last holder released with.
+        assert str(before["released"][3]) == old.lease_token
+        target = tmp_path / f"all.{fmt}"
+        call_command("export_tasks", "-o", str(target), stderr=io.StringIO())
+        out = run_import(str(target), "--on-conflict", "update")
+        # The leased task is skipped as always; the other eight are unchanged.
+        assert "imported 0, updated 0, skipped 9 (8 unchanged), rejected 0" in out
+        assert stored_state() == before
 
     def test_update_of_status_keeps_the_lease_rules(self, tmp_path):
         make_namespace("ns")

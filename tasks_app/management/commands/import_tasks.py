@@ -13,6 +13,7 @@ from tasks_app.bulk import (
     FORMATS,
     ON_CONFLICT,
     ImportFileError,
+    ImportOptionError,
     ImportResult,
     Rejection,
     detect_format,
@@ -103,6 +104,8 @@ class Command(BaseCommand):
                 write_rejections=write_rejections,
                 progress=bar.update if bar is not None else None,
             )
+        except ImportOptionError as exc:
+            raise CommandError(f"{exc}.", returncode=EXIT_BAD_FILE) from None
         except ImportFileError as exc:
             raise CommandError(f"{name}: {exc}", returncode=EXIT_BAD_FILE) from None
         finally:
@@ -122,8 +125,10 @@ class Command(BaseCommand):
             self.stderr.write(f"... and {result.rejected - SHOWN_REJECTIONS} more{hint}")
         elif result.rejected and rejects_path:
             self.stderr.write(f"rejected rows written to {rejects_path}")
+        unchanged = f" ({result.unchanged} unchanged)" if result.unchanged else ""
         summary = (
-            f"imported {result.imported}, updated {result.updated}, skipped {result.skipped}, "
+            f"imported {result.imported}, updated {result.updated}, "
+            f"skipped {result.skipped}{unchanged}, "
             f"rejected {result.rejected} in {result.seconds:.2f} s "
             f"({result.rows_per_second:,.0f} rows/s)"
         )
