@@ -5,6 +5,8 @@ also carry `errors`, keyed by field, so clients can point at what was wrong.
 """
 
 import json
+import logging
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,9 +19,11 @@ from rest_framework import exceptions, serializers
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.utils import encoders
-from rest_framework.views import exception_handler as drf_exception_handler
 
+from taskq_project.db_errors import Transient, transient
 from taskq_project.ids import ID_SCHEMA, id_problem
+
+log = logging.getLogger(__name__)
 
 
 def _first_message(errors: Any, path: str = "") -> str:
@@ -41,13 +45,27 @@ class PayloadTooLarge(exceptions.APIException):
     default_detail = "Request body too large."
 
 
+def transient_response(kind: Transient) -> dict[str, Any]:
+    return {"detail": kind.detail, "code": kind.code}
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    kind = transient(exc)
+    if kind is not None:
+        log.warning("transient database error (%s): %s", kind.code, exc)
+        return Response(
+            transient_response(kind), status=503, headers={"Retry-After": str(kind.retry_after)}
+        )
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, RequestDataTooBig):
         exc = PayloadTooLarge(
             f"Request body too large: at most {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes."
         )
+    # Imported here: DRF's views module reads the renderer setting, which names
+    # this module, as it loads.
+    from rest_framework.views import exception_handler as drf_exception_handler
+
     response = drf_exception_handler(exc, context)
     if response is None or not isinstance(exc, exceptions.APIException):
         return response
@@ -71,6 +89,14 @@ def json_not_found(request: HttpRequest, exception: Exception | None = None) -> 
 
 
 def json_server_error(request: HttpRequest) -> JsonResponse:
+    # Called while the exception is being handled: a transient database error
+    # met outside DRF's views (middleware, the admin, /healthz) answers 503
+    # too, not 500.
+    kind = transient(sys.exc_info()[1])
+    if kind is not None:
+        response = JsonResponse(transient_response(kind), status=503)
+        response["Retry-After"] = str(kind.retry_after)
+        return response
     return JsonResponse({"detail": "Internal server error.", "code": "server_error"}, status=500)
 
 

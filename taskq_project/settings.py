@@ -141,6 +141,10 @@ DATABASES["default"].setdefault("OPTIONS", {}).update(
     {
         "server_side_binding": _PREPARE_THRESHOLD > 0,
         "prepare_threshold": _PREPARE_THRESHOLD or None,
+        # Without it a connection attempt to a server that does not answer
+        # (paused, or a host that drops packets) waits for the kernel's TCP
+        # timeout, minutes; with it the request answers 503 in seconds.
+        "connect_timeout": env_int("TASKQ_DB_CONNECT_TIMEOUT", default=5, minimum=1),
     }
 )
 DATABASES["default"]["OPTIONS"]["options"] = (
