@@ -9,7 +9,7 @@ PORT ?= 8000
 
 export PORT
 
-.PHONY: run test fuzz bench setup migrate lint format db-stop clean
+.PHONY: run stop test fuzz bench setup migrate lint format db-stop clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ setup: $(VENV)/.installed
 migrate: setup
 	TASKQ_DB_STATEMENT_TIMEOUT_MS=0 $(PY) manage.py migrate --noinput
 
+# The Procfile's processes under scripts/supervisor.py. `exec`: the supervisor
+# is make's own child, with no shell in between, so the SIGTERM make forwards
+# reaches it, and it watches make for the signals make does not forward
+# (SIGHUP). Any of them, Ctrl-C, `make stop` or the exit of any one process
+# stops the whole stack within 10 s; a requested stop exits 0.
 run: migrate
 	$(PY) manage.py collectstatic --noinput --verbosity 0
 	@echo ""
@@ -29,9 +34,14 @@ run: migrate
 	@echo "  API token:    $(PY) manage.py create_api_token my-worker"
 	@echo "  Try it:       curl -H \"Authorization: Bearer <token>\" http://127.0.0.1:$(PORT)/v1/namespace"
 	@echo "  Health:       curl http://127.0.0.1:$(PORT)/healthz"
-	@echo "  Stop:         Ctrl-C stops the web server, the worker and beat together"
+	@echo "  Stop:         Ctrl-C (or \`make stop\` from another terminal) stops web, worker and beat together"
 	@echo ""
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho start -f Procfile
+	exec $(PY) scripts/supervisor.py run --watch-parent
+
+# Stops a stack that `make run` left running from this checkout (var/run/).
+# The standard library only: stopping never waits for (or needs) the virtualenv.
+stop:
+	$(PYTHON) scripts/supervisor.py stop
 
 test: setup
 	$(PY) -m pytest
