@@ -88,6 +88,9 @@ def stop() -> None:
 
             user = "pgserver" if os.geteuid() == 0 else None
             pg_ctl(["-w", "stop"], pgdata=PGDATA, user=user)
+            print(f"Stopped the embedded PostgreSQL ({PGDATA}).")
+        else:
+            print(f"The embedded PostgreSQL ({PGDATA}) was not running.")
 
 
 if __name__ == "__main__":

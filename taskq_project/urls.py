@@ -5,7 +5,7 @@ from rest_framework.routers import SimpleRouter
 
 from namespaces_app.views import NamespaceViewSet
 from taskq_project.docs_views import RedocView, SchemaView, SwaggerView
-from taskq_project.views import healthz
+from taskq_project.views import healthz, index
 from tasks_app.views import TaskViewSet
 
 # `/?`: every endpoint answers with and without a trailing slash, without a
@@ -20,7 +20,8 @@ urlpatterns = [
     re_path(r"^v1/docs/?$", SwaggerView.as_view(url_name="schema"), name="docs"),
     re_path(r"^v1/redoc/?$", RedocView.as_view(url_name="schema"), name="redoc"),
     path("v1/", include(router.urls)),
-    path("healthz", healthz, name="healthz"),
+    re_path(r"^healthz/?$", healthz, name="healthz"),
+    path("", index, name="index"),
     path(settings.ADMIN_URL, admin.site.urls),
 ]
 

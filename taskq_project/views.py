@@ -6,7 +6,9 @@ import time
 import psycopg
 from django.conf import settings
 from django.db import DatabaseError, connection
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.urls import reverse
 from rest_framework.exceptions import ValidationError
 
 from taskq_project.ids import id_problem
@@ -79,12 +81,33 @@ def probe_database(*, timeout: float = PROBE_SECONDS) -> str | None:
         conn.close()
 
 
+# When this process started: until the sweeper has had three intervals to run
+# since then, a missing or old sweep means the stack is starting, not sick.
+_STARTED = time.monotonic()
+
+
+def index(request: HttpRequest) -> HttpResponse:
+    """What `/` shows (the admin's "View site" and the start-up banner point here)."""
+    return render(
+        request,
+        "taskq/index.html",
+        {
+            "admin_url": reverse("admin:index"),
+            "docs_url": reverse("docs"),
+            "redoc_url": reverse("redoc"),
+            "schema_url": reverse("schema"),
+            "healthz_url": reverse("healthz"),
+        },
+    )
+
+
 def healthz(request: HttpRequest) -> JsonResponse:
     """Open health check, answered within a few seconds whatever the database does.
 
     503 when the database does not answer (`Retry-After` set). Otherwise 200,
     with `status` "degraded" when the lease sweeper has not run for three
-    intervals: the API still works, but operators should look.
+    intervals: the API still works, but operators should look. Until this
+    process has been up for three intervals, that is "starting" instead.
     """
     problem = probe_database()
     if problem is None:
@@ -98,9 +121,15 @@ def healthz(request: HttpRequest) -> JsonResponse:
         )
         response["Retry-After"] = "5"
         return response
+    if sweeper["ok"]:
+        status = "ok"
+    elif time.monotonic() - _STARTED < 3 * settings.TASKQ_SWEEP_SECONDS:
+        status = "starting"
+    else:
+        status = "degraded"
     return JsonResponse(
         {
-            "status": "ok" if sweeper["ok"] else "degraded",
+            "status": status,
             "database": {"ok": True},
             "sweeper": sweeper,
         }

@@ -184,6 +184,25 @@ def test_healthz_is_open_and_reports_the_database_ok(anon):
 
 
 @pytest.mark.django_db
+def test_healthz_answers_with_the_trailing_slash_too(anon):
+    r = anon.get("/healthz/")
+    assert r.status_code == 200, r.content
+    assert r.json()["database"]["ok"] is True
+
+
+@pytest.mark.django_db
+def test_the_root_page_links_the_admin_docs_schema_and_health_check(anon):
+    r = anon.get("/")
+    assert r.status_code == 200
+    assert r["Content-Type"].startswith("text/html")
+    html = r.content.decode()
+    for link in ('href="/admin/"', 'href="/v1/docs"', 'href="/v1/schema"', 'href="/healthz"'):
+        assert link in html, link
+    for path in ("/admin/login/", "/v1/docs", "/v1/schema", "/healthz"):
+        assert anon.get(path).status_code == 200, path
+
+
+@pytest.mark.django_db
 def test_healthz_ignores_a_bad_token(anon):
     anon.credentials(HTTP_AUTHORIZATION="Bearer nonsense")
     r = anon.get("/healthz")

@@ -242,9 +242,33 @@ class TestRetention:
         assert purge_done_tasks(older_than=timedelta(days=1), now=later, batch_size=10) == 25
 
 
+@pytest.fixture
+def up_for_long(monkeypatch):
+    """This web process has been up for an hour (past its start-up grace)."""
+    import time
+
+    from taskq_project import views
+
+    monkeypatch.setattr(views, "_STARTED", time.monotonic() - 3600)
+
+
 @pytest.mark.django_db
 class TestHealth:
-    def test_health_is_degraded_until_the_sweeper_has_run(self, anon):
+    def test_health_is_starting_until_the_sweeper_had_its_chance(self, anon, monkeypatch, settings):
+        import time
+
+        from taskq_project import views
+
+        settings.TASKQ_SWEEP_SECONDS = 5
+        monkeypatch.setattr(views, "_STARTED", time.monotonic() - 14)
+        r = anon.get("/healthz")
+        assert r.status_code == 200
+        assert r.json()["status"] == "starting"
+        assert r.json()["sweeper"]["ok"] is False
+        monkeypatch.setattr(views, "_STARTED", time.monotonic() - 16)
+        assert anon.get("/healthz").json()["status"] == "degraded"
+
+    def test_health_is_degraded_until_the_sweeper_has_run(self, anon, up_for_long):
         body = anon.get("/healthz").json()
         assert body["status"] == "degraded"
         assert body["database"]["ok"] is True
@@ -255,7 +279,9 @@ class TestHealth:
         assert r.json()["status"] == "ok"
         assert r.json()["sweeper"]["last_reclaimed"] == 0
 
-    def test_health_is_degraded_when_the_sweeper_stopped_three_intervals_ago(self, anon, settings):
+    def test_health_is_degraded_when_the_sweeper_stopped_three_intervals_ago(
+        self, anon, settings, up_for_long
+    ):
         settings.TASKQ_SWEEP_SECONDS = 5
         reclaim_expired_leases()
         with connection.cursor() as cursor:
