@@ -341,7 +341,7 @@ def phase_names() -> dict[str, str]:
         bulk._REJECT_DUPLICATES: "reject ids repeated in the file",
         bulk._REJECT_EXISTING: "reject ids already registered",
         bulk._DROP_REJECTED: "drop rejected rows",
-        bulk._INSERT: "insert into tasks_app_task (sorted by line)",
+        bulk._INSERT: "insert into tasks_app_task (in id order)",
     }
 
 

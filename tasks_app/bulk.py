@@ -311,8 +311,9 @@ WITH given AS (
 SELECT (SELECT count(*) FROM deleted), (SELECT count(*) FROM unchanged)
 """
 
-# New tasks, in file order (FIFO): clock_timestamp() is read per row after
-# the sort, so earlier lines get earlier timestamps.
+# New tasks, FIFO in file order (stamped by line, see sql.REGISTER), inserted
+# in id order like every registration, so an import and a registration of
+# overlapping ids never deadlock.
 _INSERT = f"""
 WITH inserted AS (
     {sql.INSERT_NEW_TASKS}
@@ -321,9 +322,10 @@ WITH inserted AS (
                coalesce(s.timeout::int, {DEFAULT_TIMEOUT}) AS timeout,
                coalesce(s.retries_left::int, {DEFAULT_RETRIES}) AS retries_left,
                coalesce(s.status, 'idle') AS status,
-               clock_timestamp() AS ts
-        FROM (SELECT * FROM taskq_import ORDER BY line) AS s
+               {sql.stamp("s.line", "(SELECT max(line) FROM taskq_import)")} AS ts
+        FROM taskq_import AS s
     ) AS v
+    {sql.INSERT_IN_ID_ORDER}
     ON CONFLICT (id) DO NOTHING
     RETURNING 1
 )

@@ -216,15 +216,33 @@ SELECT v.id, v.namespace_id, v.timeout, v.retries_left, v.status,
        CASE WHEN v.status = 'in_progress' THEN v.ts + make_interval(secs => v.timeout) END
 """
 
+# Rows are inserted in id order (the primary key's C collation), whatever
+# order the caller gave: two registrations of overlapping ids in different
+# orders would otherwise each hold an index entry the other waits for, a
+# deadlock.
+#
+# FIFO still follows the caller's order, through the timestamps: row `ord` of
+# `n` is stamped (n - ord) microseconds before the statement's clock, so a
+# batch's timestamps increase strictly in the order given and none lies in
+# the future. (Reading clock_timestamp() row by row instead would repeat
+# within a microsecond, and a tie would let the ids decide.)
+INSERT_IN_ID_ORDER = 'ORDER BY v.id COLLATE "C"'
+
+
+def stamp(ord_: str, count: str) -> str:
+    """The timestamp of row `ord_` of `count`, as described above."""
+    return f"statement_timestamp() - ({count} - {ord_}) * interval '1 microsecond'"
+
+
 REGISTER = f"""
 {INSERT_NEW_TASKS}
 FROM (
-    SELECT u.*, clock_timestamp() AS ts
+    SELECT u.*, {stamp("u.ord", "cardinality(%(ids)s::text[])")} AS ts
     FROM unnest(%(ids)s::text[], %(namespace_ids)s::text[], %(timeouts)s::int[],
                 %(retries)s::int[], %(statuses)s::text[]) WITH ORDINALITY
          AS u(id, namespace_id, timeout, retries_left, status, ord)
-    ORDER BY u.ord
 ) AS v
+{INSERT_IN_ID_ORDER}
 ON CONFLICT (id) DO NOTHING
 RETURNING {TASK_COLUMNS}
 """
