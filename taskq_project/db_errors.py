@@ -61,6 +61,13 @@ def transient(exc: BaseException | None) -> Transient | None:
     """The kind of transient database error `exc` is, or None if it is not one."""
     if not isinstance(exc, db.Error):
         return None
+    from taskq_project.stale_plans import is_stale_plan
+
+    if is_stale_plan(exc):
+        # A migration changed a prepared statement's result type while a
+        # transaction ran it; the connection drops its prepared statements
+        # before its next one (taskq_project.stale_plans).
+        return CONFLICT
     sqlstate = getattr(exc.__cause__, "sqlstate", None)
     if sqlstate:
         return _BY_SQLSTATE.get(sqlstate) or _BY_CLASS.get(sqlstate[:2])

@@ -47,6 +47,7 @@ ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhos
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
+    "taskq_project.apps.TaskqConfig",
     "taskq_project.apps.TaskqAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -110,22 +111,32 @@ TEMPLATES = [
     },
 ]
 
-# Database: DATABASE_URL when set, otherwise the embedded PostgreSQL under var/.
+# Database: DATABASE_URL when set, otherwise the embedded PostgreSQL under
+# var/, for development: `make run`, `make test`, and `manage.py` from another
+# terminal. It is started by the first connection (taskq_project.
+# embedded_backend), never by importing these settings. A deployment (one
+# that sets its own DJANGO_SECRET_KEY) must name its database: running on an
+# empty local one by mistake would look like lost data.
 DATABASE_URL = env_str("DATABASE_URL")
-if not DATABASE_URL:
-    from taskq_project.embedded_postgres import ensure_running
-
-    DATABASE_URL = ensure_running()
+EMBEDDED_DATABASE = not DATABASE_URL
+if EMBEDDED_DATABASE and env_str("DJANGO_SECRET_KEY"):
+    raise ImproperlyConfigured(
+        "DATABASE_URL is not set. The embedded PostgreSQL under var/ is for development "
+        "only, and DJANGO_SECRET_KEY is set, which marks a deployment: set DATABASE_URL "
+        "(postgres://user:password@host:5432/taskq)."
+    )
 
 DATABASES = {
     "default": dj_database_url.parse(
-        DATABASE_URL,
+        DATABASE_URL or "postgres://postgres@/postgres",
         conn_max_age=env_int("DATABASE_CONN_MAX_AGE", default=60, minimum=0),
         conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
     raise ImproperlyConfigured("taskq runs on PostgreSQL only; DATABASE_URL must be postgres://...")
+if EMBEDDED_DATABASE:
+    DATABASES["default"]["ENGINE"] = "taskq_project.embedded_backend"
 # Transactions are owned by the services and kept to the statement that needs
 # them; a request-wide transaction would hold row locks while rendering.
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
@@ -243,10 +254,11 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("TASKQ_MAX_BODY_BYTES", default=2 * 1024 *
 # Unset, a broker that needs no server: kombu's filesystem transport under
 # var/, enough for one machine running `make run`. Production sets Redis or
 # RabbitMQ here.
+# The folder is made by the Celery processes that use it (taskq_project.celery).
 _BROKER_DIR = BASE_DIR / "var" / "celery-broker"
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or "filesystem://"
-if CELERY_BROKER_URL == "filesystem://":
-    _BROKER_DIR.mkdir(parents=True, exist_ok=True)
+# "localhost" only so that kombu does not warn of a missing host name.
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or "filesystem://localhost"
+if CELERY_BROKER_URL == "filesystem://localhost":
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_BROKER_DIR),
         "data_folder_out": str(_BROKER_DIR),
@@ -296,5 +308,9 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("TASKQ_LOG_LEVEL", "INFO")},
-    "loggers": {"pgserver": {"level": "WARNING"}},
+    "loggers": {
+        "pgserver": {"level": "WARNING"},
+        # django-axes announces its version at INFO in every process.
+        "axes.apps": {"level": "WARNING"},
+    },
 }

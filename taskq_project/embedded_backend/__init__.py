@@ -1,0 +1,1 @@
+"""The PostgreSQL backend, for the embedded server: started on first connection."""
