@@ -13,7 +13,13 @@ from urllib.parse import quote
 def database_url(settings_dict: Mapping[str, Any], *, name: str | None = None) -> str:
     user = quote(settings_dict["USER"] or "", safe="")
     password = quote(settings_dict["PASSWORD"] or "", safe="")
-    host = quote(settings_dict["HOST"] or "", safe="")
+    host_name = settings_dict["HOST"]
+    if not host_name and settings_dict["ENGINE"] == "taskq_project.embedded_backend":
+        # Not connected yet in this process: the embedded server's socket.
+        from taskq_project.embedded_backend.base import socket_directory
+
+        host_name = socket_directory()
+    host = quote(host_name or "", safe="")
     port = f":{settings_dict['PORT']}" if settings_dict["PORT"] else ""
     database = quote(name or settings_dict["NAME"], safe="")
     return f"postgresql://{user}:{password}@{host}{port}/{database}"

@@ -19,3 +19,6 @@ graceful_timeout = 10
 keepalive = 30
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-")
 wsgi_app = "taskq_project.wsgi:application"
+# The longest request line gunicorn allows (its default is 4094): a list
+# filtered by several statuses and a cursor, with percent-encoded ids, fits.
+limit_request_line = 8190

@@ -114,10 +114,13 @@ def errors(*codes: int) -> dict[int, OpenApiResponse]:
         429: "Too many requests for this token; see Retry-After.",
     }
     common = {400, 401, 403, 405, 406, 429}
-    return {
+    answers = {
         code: OpenApiResponse(ErrorSerializer, description=descriptions[code])
         for code in sorted(common | set(codes))
     }
+    # Answered by gunicorn itself, before the application sees the request.
+    answers[414] = OpenApiResponse(description="The request line is over 8,190 bytes.")
+    return answers
 
 
 def id_path(description: str) -> OpenApiParameter:

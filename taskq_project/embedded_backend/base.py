@@ -13,12 +13,15 @@ import dj_database_url
 from django.db.backends.postgresql import base
 
 
+def socket_directory() -> str:
+    """Start the embedded server if need be; the directory of its Unix socket."""
+    from taskq_project.embedded_postgres import ensure_running
+
+    return str(dj_database_url.parse(ensure_running())["HOST"])
+
+
 class DatabaseWrapper(base.DatabaseWrapper):
     def get_connection_params(self) -> dict[str, Any]:
         if not self.settings_dict["HOST"]:
-            from taskq_project.embedded_postgres import ensure_running
-
-            # Kept in the settings, where subprocesses and tools that write a
-            # DATABASE_URL back (taskq_project.database_url) read it.
-            self.settings_dict["HOST"] = dj_database_url.parse(ensure_running())["HOST"]
+            self.settings_dict["HOST"] = socket_directory()
         return super().get_connection_params()
