@@ -1,9 +1,15 @@
-"""API tokens in the admin: create (the secret is shown once), list, revoke."""
+"""API tokens in the admin: create (the secret is shown once), list, revoke.
+
+A token's page is read-only, with no Save buttons: its role and scope are
+fixed when it is issued (for another scope, issue a new token and revoke the
+old one), and the stored hash is never shown.
+"""
 
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -76,12 +82,27 @@ class ApiTokenAdmin(admin.ModelAdmin):
             kwargs["form"] = ApiTokenAddForm
         return super().get_form(request, obj, change, **kwargs)
 
+    def get_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> Any:
+        # Named, not derived from the model: the default would list every
+        # other column, the hash among them.
+        return self.readonly_fields if obj is not None else super().get_fields(request, obj)
+
     def get_readonly_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> Any:
         return self.readonly_fields if obj is not None else []
 
+    def has_change_permission(self, request: HttpRequest, obj: ApiToken | None = None) -> bool:
+        # No token is edited in a form: its page has no Save buttons and a
+        # POST to it is refused. The list's change permission stays, for the
+        # revoke action.
+        if obj is not None:
+            return False
+        return super().has_change_permission(request, obj)
+
     def save_model(self, request: HttpRequest, obj: ApiToken, form: Any, change: bool) -> None:
         if change:
-            return
+            # Unreachable while change pages are read-only; a new secret must
+            # never be issued for an existing token.
+            raise PermissionDenied
         # Kept on the request only, to render it once in response_add.
         request._taskq_new_secret = services.issue_secret(obj)  # type: ignore[attr-defined]
         obj.save()

@@ -87,7 +87,26 @@ AXES_FAILURE_LIMIT = env_int("TASKQ_ADMIN_LOGIN_FAILURES", default=5, minimum=1)
 AXES_COOLOFF_TIME = env_int("TASKQ_ADMIN_LOCKOUT_MINUTES", default=15, minimum=1) / 60
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
-AXES_IPWARE_PROXY_COUNT = 1 if BEHIND_TLS_PROXY else 0
+# A login's address, on which the lockout is keyed. Behind the proxy every
+# request comes from the proxy's address, so one stranger's failures would
+# lock the administrator out too. Each of TASKQ_PROXY_COUNT proxies appends
+# the address it saw to X-Forwarded-For, so the client is that many entries
+# from the right; anything further left was sent by the client (forged, or
+# added by its own office proxy) and is ignored. Non-strict, django-ipware
+# still counts from the right when the client added entries, instead of
+# dropping the header and keying the client on nothing. Only the header:
+# REMOTE_ADDR as a fallback would outrank a private client address whenever
+# the proxy's is public, and a request without the header did not come
+# through the proxies. Without the proxy the header is never read: any
+# client could forge it.
+TASKQ_PROXY_COUNT = env_int("TASKQ_PROXY_COUNT", default=1, minimum=1)
+if BEHIND_TLS_PROXY:
+    AXES_IPWARE_META_PRECEDENCE_ORDER = ("HTTP_X_FORWARDED_FOR",)
+    # ipware counts the proxies listed in the header: all but the nearest.
+    AXES_IPWARE_PROXY_COUNT = TASKQ_PROXY_COUNT - 1
+    IPWARE_STRICT = False
+else:
+    AXES_IPWARE_META_PRECEDENCE_ORDER = ("REMOTE_ADDR",)
 
 # The API answers with and without a trailing slash itself; a redirect would
 # turn a PUT into a GET in many clients.

@@ -1,8 +1,8 @@
 """Operators' controls over tasks.
 
-Lease fields are read-only; status changes only through the actions below,
-and every action goes through `tasks_app.services`, which applies the same
-lease rules as the API.
+A task's page is read-only, with no Save buttons: status changes only
+through the actions below, and every action goes through
+`tasks_app.services`, which applies the same lease rules as the API.
 """
 
 from collections.abc import Callable
@@ -13,6 +13,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import PermissionDenied
 from django.db.models import BooleanField, ExpressionWrapper, Q, QuerySet
 from django.db.models.functions import Now
 from django.http import HttpRequest, HttpResponse
@@ -205,8 +206,22 @@ class TaskAdmin(admin.ModelAdmin):
         found.pop("delete_selected", None)
         return found
 
+    def get_fields(self, request: HttpRequest, obj: Task | None = None) -> Any:
+        # Named, not derived from the model, so a new column is not shown
+        # until someone decides it should be.
+        return self.readonly_fields if obj is not None else super().get_fields(request, obj)
+
     def get_readonly_fields(self, request: HttpRequest, obj: Task | None = None) -> Any:
         return self.readonly_fields if obj is not None else []
+
+    def has_change_permission(self, request: HttpRequest, obj: Task | None = None) -> bool:
+        # No field of a task is edited in a form (a status change must go
+        # through the lease rules): its page has no Save buttons and a POST
+        # to it is refused. The list's change permission stays, for the
+        # actions.
+        if obj is not None:
+            return False
+        return super().has_change_permission(request, obj)
 
     def get_form(
         self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
@@ -217,7 +232,8 @@ class TaskAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Task, form: Any, change: bool) -> None:
         if change:
-            return  # nothing on an existing task is editable in the form
+            # Unreachable while change pages are read-only.
+            raise PermissionDenied
         row = services.register_task(
             task=NewTask(
                 id=obj.id,

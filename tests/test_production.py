@@ -1,8 +1,11 @@
 """Production settings: deploy checks, throttling, database limits, admin login."""
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.conf import settings
@@ -124,3 +127,98 @@ def test_repeated_failed_admin_logins_lock_the_account_out():
     r = client.post("/admin/login/", {"username": "boss", "password": "right-password-1"})
     assert r.status_code == 429
     assert "_auth_user_id" not in client.session
+
+
+def client_address_settings(**env: str) -> dict[str, Any]:
+    """What settings.py sets for finding a login's address, in the given environment."""
+    # The test database's server, so that settings.py starts no embedded one.
+    database = {"DATABASE_URL": os.environ["DATABASE_URL"]} if "DATABASE_URL" in os.environ else {}
+    code = (
+        "import json, taskq_project.settings as s; print(json.dumps({k: v for k, v in "
+        "vars(s).items() if k.startswith(('AXES_IPWARE_', 'AXES_CLIENT_IP', 'IPWARE_'))}))"
+    )
+    result = run_manage("shell", "-c", code, env={**database, **env})
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def use_settings(settings: Any, values: dict[str, Any]) -> None:
+    for name, value in values.items():
+        setattr(settings, name, value)
+
+
+def failed_logins(client: Client, times: int) -> list[int]:
+    return [
+        client.post("/admin/login/", {"username": "boss", "password": "wrong"}).status_code
+        for _ in range(times)
+    ]
+
+
+def logs_in(client: Client) -> bool:
+    r = client.post("/admin/login/", {"username": "boss", "password": "right-password-1"})
+    return r.status_code == 302 and "_auth_user_id" in client.session
+
+
+# gunicorn listens on 127.0.0.1: the nearest proxy runs on the same machine.
+PROXY = "127.0.0.1"
+ADMIN = "203.0.113.9"
+ATTACKER = "198.51.100.7"
+OTHER_ATTACKER = "198.51.100.8"
+
+
+def via_proxies(client: str, proxy_count: int, sent_by_client: str = "") -> Client:
+    """A client behind `proxy_count` proxies, each appending the address it saw."""
+    seen_by_proxies = [client] + ["10.0.0.2"] * (proxy_count - 1)
+    chain = ([sent_by_client] if sent_by_client else []) + seen_by_proxies
+    return Client(REMOTE_ADDR=PROXY, HTTP_X_FORWARDED_FOR=", ".join(chain))
+
+
+@pytest.mark.django_db
+def test_behind_the_proxy_failures_from_another_address_do_not_lock_a_user_out(settings):
+    use_settings(settings, client_address_settings(TASKQ_BEHIND_TLS_PROXY="1"))
+    User.objects.create_superuser("boss", "b@example.com", "right-password-1")
+    attacker = via_proxies(ATTACKER, 1)
+    limit = settings.AXES_FAILURE_LIMIT
+    assert failed_logins(attacker, limit) == [200] * (limit - 1) + [429]
+    assert logs_in(via_proxies(ADMIN, 1))
+    # The lockout still holds for the address that earned it.
+    assert not logs_in(attacker)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("proxy_count", [1, 2])
+def test_behind_the_proxy_a_forged_forwarded_for_neither_frames_nor_frees_anyone(
+    settings, proxy_count
+):
+    use_settings(
+        settings,
+        client_address_settings(TASKQ_BEHIND_TLS_PROXY="1", TASKQ_PROXY_COUNT=str(proxy_count)),
+    )
+    User.objects.create_superuser("boss", "b@example.com", "right-password-1")
+    limit = settings.AXES_FAILURE_LIMIT
+    # Claiming to be the administrator locks only the attacker's own address ...
+    framer = via_proxies(ATTACKER, proxy_count, sent_by_client=ADMIN)
+    assert failed_logins(framer, limit) == [200] * (limit - 1) + [429]
+    # ... even when the administrator's office proxy adds an entry of its own.
+    assert logs_in(via_proxies(ADMIN, proxy_count, sent_by_client="10.1.2.3"))
+    # Claiming a new address on each attempt does not escape the lockout.
+    codes = [
+        failed_logins(via_proxies(OTHER_ATTACKER, proxy_count, f"192.0.2.{n}"), 1)[0]
+        for n in range(limit)
+    ]
+    assert codes == [200] * (limit - 1) + [429]
+
+
+@pytest.mark.django_db
+def test_without_the_proxy_a_forwarded_for_header_is_not_trusted(settings):
+    use_settings(settings, client_address_settings(TASKQ_BEHIND_TLS_PROXY="0"))
+    User.objects.create_superuser("boss", "b@example.com", "right-password-1")
+    limit = settings.AXES_FAILURE_LIMIT
+    codes = [
+        Client(REMOTE_ADDR=ATTACKER, HTTP_X_FORWARDED_FOR=f"192.0.2.{n}")
+        .post("/admin/login/", {"username": "boss", "password": "wrong"})
+        .status_code
+        for n in range(limit)
+    ]
+    assert codes == [200] * (limit - 1) + [429]
+    assert logs_in(Client(REMOTE_ADDR=ADMIN, HTTP_X_FORWARDED_FOR=ATTACKER))

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.test import Client
@@ -31,3 +33,8 @@ def viewer_client(db: None) -> Client:
     client = Client()
     client.force_login(staff_with("tasks_app.view_task", "namespaces_app.view_namespace"))
     return client
+
+
+def save_buttons(html: str) -> list[str]:
+    """The admin's submit buttons on a page: Save, Save and continue, ..."""
+    return re.findall(r'name="(_save|_continue|_addanother|_saveasnew)"', html)

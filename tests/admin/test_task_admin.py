@@ -6,7 +6,7 @@ from django.test import Client
 
 from tasks_app.models import Task
 from tasks_app.services import capture_tasks
-from tests.admin.conftest import staff_with
+from tests.admin.conftest import save_buttons, staff_with
 from tests.factories import age_task, make_namespace, make_task, make_tasks, task_state
 
 URL = "/admin/tasks_app/task/"
@@ -92,14 +92,27 @@ def test_the_list_counts_large_results_by_estimate_only(admin_client, tasks, mon
     assert task_counts == []
 
 
-def test_task_change_form_is_read_only(admin_client, tasks):
+def test_task_change_form_is_read_only_with_no_save_buttons(admin_client, tasks):
     r = admin_client.get(f"{URL}leased/change/")
     assert r.status_code == 200
-    assert 'name="status"' not in r.content.decode()
-    assert 'name="lease_expires_at"' not in r.content.decode()
-    before = task_state("leased")
-    admin_client.post(f"{URL}leased/change/", {"status": "done", "retries_left": 99})
-    assert task_state("leased") == before
+    html = r.content.decode()
+    assert 'name="status"' not in html
+    assert 'name="lease_expires_at"' not in html
+    assert save_buttons(html) == []
+
+
+def test_a_forged_post_to_a_task_page_changes_nothing(admin_client, tasks):
+    before = Task.objects.filter(pk="leased").values().get()
+    r = admin_client.post(
+        f"{URL}leased/change/", {"status": "done", "retries_left": 99, "_save": "Save"}
+    )
+    assert r.status_code == 403
+    assert Task.objects.filter(pk="leased").values().get() == before
+    assert not LogEntry.objects.exists()
+
+
+def test_the_task_add_page_can_save(admin_client, tasks):
+    assert "_save" in save_buttons(admin_client.get(f"{URL}add/").content.decode())
 
 
 def test_task_can_be_registered_from_the_admin(admin_client, tasks):
