@@ -18,19 +18,12 @@ from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATABASE = "taskq_fuzz"
-CHECKS = ",".join(
-    [
-        "not_a_server_error",
-        "status_code_conformance",
-        "content_type_conformance",
-        "response_headers_conformance",
-        "response_schema_conformance",
-        "negative_data_rejection",
-        "unsupported_method",
-        "missing_required_header",
-        "ignored_auth",
-    ]
-)
+# Every check schemathesis has, but one: positive_data_acceptance expects a
+# 2xx for every request the schema allows, and some refusals depend on the
+# data, not its shape, so no schema can state them: a namespace that is not
+# registered, a cursor the server never issued, an id twice in one list.
+CHECKS = os.environ.get("FUZZ_CHECKS", "all")
+EXCLUDED_CHECKS = os.environ.get("FUZZ_EXCLUDED_CHECKS", "positive_data_acceptance")
 SEED = os.environ.get("FUZZ_SEED", "20261127")
 MAX_EXAMPLES = os.environ.get("FUZZ_MAX_EXAMPLES", "40")
 
@@ -141,6 +134,7 @@ def main() -> int:
             f"{base}/v1/schema",
             "--checks",
             CHECKS,
+            *(["--exclude-checks", EXCLUDED_CHECKS] if EXCLUDED_CHECKS else []),
             "--seed",
             SEED,
             "--max-examples",

@@ -163,7 +163,10 @@ LIST_PARAMETERS = [
         description="Tasks per page.",
     ),
     OpenApiParameter(
-        "cursor", str, OpenApiParameter.QUERY, description="From a previous page's `next`."
+        "cursor",
+        {"type": "string", "minLength": 1},
+        OpenApiParameter.QUERY,
+        description="From a previous page's `next`.",
     ),
 ]
 
@@ -216,6 +219,22 @@ class BearerTokenScheme(OpenApiAuthenticationExtension):
 
     def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
         return {"type": "http", "scheme": "bearer", "description": "An API token."}
+
+
+def strict_request_bodies(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """Postprocessing hook: request bodies refuse unknown fields, as the API does.
+
+    Every input serializer is a StrictSerializer; without this the schema would
+    allow bodies that the server rightly refuses.
+    """
+    schemas = result.get("components", {}).get("schemas", {})
+    for name, component in schemas.items():
+        if name.endswith("Request") and component.get("type") == "object":
+            component["additionalProperties"] = False
+    if "ReleaseRequest" in schemas:
+        # Exactly one of the two forms: the seed's task_ids, or leases.
+        schemas["ReleaseRequest"]["oneOf"] = [{"required": ["task_ids"]}, {"required": ["leases"]}]
+    return result
 
 
 def seed_paths(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:

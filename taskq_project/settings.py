@@ -239,6 +239,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "taskq_project.schema.seed_paths",
+        "taskq_project.schema.strict_request_bodies",
     ],
 }
 

@@ -7,6 +7,7 @@ change through capture and release.
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from taskq_project.api import IdField, StrictIntegerField, StrictSerializer
@@ -44,11 +45,31 @@ class TaskCreateSerializer(StrictSerializer):
 MAX_LEASE_TOKEN_LENGTH = 64
 
 
+@extend_schema_field(
+    {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_LEASE_TOKEN_LENGTH,
+        # No control characters (NUL included), as the server checks.
+        "pattern": "^[^\\x00-\\x1f\\x7f]+$",
+    }
+)
+class LeaseTokenField(serializers.CharField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(
+            min_length=1, max_length=MAX_LEASE_TOKEN_LENGTH, trim_whitespace=False, **kwargs
+        )
+
+    def to_internal_value(self, data: Any) -> str:
+        value = super().to_internal_value(data)
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            raise serializers.ValidationError("A lease token has no control characters.")
+        return value
+
+
 class LeaseSerializer(StrictSerializer):
     id = IdField()
-    lease_token = serializers.CharField(
-        min_length=1, max_length=MAX_LEASE_TOKEN_LENGTH, trim_whitespace=False
-    )
+    lease_token = LeaseTokenField()
 
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, dict) and not isinstance(data.get("lease_token", ""), str):
@@ -61,7 +82,14 @@ class LeaseListField(serializers.ListField):
     """Up to 1,000 leases; one id given twice must carry the same token."""
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(child=LeaseSerializer(), allow_empty=False, **kwargs)
+        # min_length and max_length as well, so that the schema states them.
+        super().__init__(
+            child=LeaseSerializer(),
+            allow_empty=False,
+            min_length=1,
+            max_length=MAX_BATCH,
+            **kwargs,
+        )
 
     def to_internal_value(self, data: Any) -> list[Lease]:
         if isinstance(data, list) and len(data) > MAX_BATCH:
@@ -83,7 +111,7 @@ class ReleaseSerializer(StrictSerializer):
 
     status = serializers.ChoiceField(choices=[str(s) for s in RELEASE_STATUSES])
     task_ids = serializers.ListField(
-        child=IdField(), allow_empty=False, max_length=MAX_BATCH, required=False
+        child=IdField(), allow_empty=False, min_length=1, max_length=MAX_BATCH, required=False
     )
     leases = LeaseListField(required=False)
 

@@ -302,6 +302,8 @@ def test_without_the_setting_the_seed_form_is_accepted(api, namespace, settings)
         ({"status": "done", "leases": [{"id": "a", "lease_token": 5}]}, "leases"),
         ({"status": "done", "leases": [{"id": "a", "lease_token": ""}]}, "leases"),
         ({"status": "done", "leases": [{"id": "a", "lease_token": "x" * 65}]}, "leases"),
+        ({"status": "done", "leases": [{"id": "a", "lease_token": "a\x00b"}]}, "leases"),
+        ({"status": "done", "leases": [{"id": "a", "lease_token": "a\nb"}]}, "leases"),
         ({"status": "done", "leases": [{"id": "a", "lease_token": "x", "token": "y"}]}, "leases"),
         (
             {

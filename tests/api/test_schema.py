@@ -94,3 +94,27 @@ def test_errors_of_the_documentation_pages_answer_json(anon, method, path):
     assert 400 <= r.status_code < 500
     assert r["Content-Type"].startswith("application/json"), (r["Content-Type"], r.content[:80])
     assert r.json()["detail"]
+
+
+def test_request_bodies_refuse_unknown_fields_as_the_server_does(schema):
+    components = schema["components"]["schemas"]
+    for name in ("ReleaseRequest", "ExtendRequest", "LeaseRequest", "NamespaceCreateRequest"):
+        assert components[name]["additionalProperties"] is False, name
+
+
+def test_the_schema_states_what_release_and_extend_accept(schema):
+    components = schema["components"]["schemas"]
+    release = components["ReleaseRequest"]
+    assert release["oneOf"] == [{"required": ["task_ids"]}, {"required": ["leases"]}]
+    assert release["properties"]["task_ids"]["minItems"] == 1
+    assert components["ExtendRequest"]["properties"]["leases"]["minItems"] == 1
+    token = components["LeaseRequest"]["properties"]["lease_token"]
+    assert (token["minLength"], token["maxLength"], token["pattern"]) == (
+        1,
+        64,
+        "^[^\\x00-\\x1f\\x7f]+$",
+    )
+    cursor = next(
+        p for p in schema["paths"]["/v1/task"]["get"]["parameters"] if p["name"] == "cursor"
+    )
+    assert cursor["schema"]["minLength"] == 1
