@@ -9,7 +9,7 @@ PORT ?= 8000
 
 export PORT
 
-.PHONY: run stop test fuzz bench setup migrate lint format db-stop clean
+.PHONY: run stop test test-pgbouncer fuzz bench setup migrate lint format db-stop clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ stop:
 
 test: setup
 	$(PY) -m pytest
+
+# The API tests again, through a real PgBouncer in transaction mode
+# (Debian's pgbouncer package); CI runs it.
+test-pgbouncer: setup
+	$(PY) scripts/pgbouncer_tests.py -q
 
 # schemathesis against a live server, held to the OpenAPI schema (fixed seed).
 fuzz: setup

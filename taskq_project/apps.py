@@ -14,6 +14,7 @@ class TaskqConfig(AppConfig):
     verbose_name = "taskq"
 
     def ready(self) -> None:
-        from taskq_project import stale_plans
+        from taskq_project import db_settings, stale_plans
 
         connection_created.connect(stale_plans.install, dispatch_uid="taskq-stale-plans")
+        connection_created.connect(db_settings.check_on_connect, dispatch_uid="taskq-timeouts")

@@ -159,14 +159,32 @@ if EMBEDDED_DATABASE:
 # Transactions are owned by the services and kept to the statement that needs
 # them; a request-wide transaction would hold row locks while rendering.
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
+# Behind a connection pooler in transaction mode (PgBouncer's
+# pool_mode = transaction), TASKQ_DB_POOLER=transaction: consecutive
+# transactions of one client may run on different server sessions, so no
+# session state may be relied on. Prepared statements are then off, and the
+# timeouts are not sent as startup options (PgBouncer refuses them): they are
+# the role's defaults instead, set once by `manage.py set_database_timeouts`,
+# and each new connection checks that they hold (taskq_project.db_settings).
+TASKQ_DB_POOLER = env_str("TASKQ_DB_POOLER").strip().lower()
+if TASKQ_DB_POOLER not in ("", "session", "transaction"):
+    raise ImproperlyConfigured(
+        f"TASKQ_DB_POOLER must be empty, 'session' or 'transaction', got {TASKQ_DB_POOLER!r}"
+    )
 # No statement or idle transaction may hold locks for long; import, export and
 # migrations lift the statement limit for themselves.
+TASKQ_DB_STATEMENT_TIMEOUT_MS = env_int("TASKQ_DB_STATEMENT_TIMEOUT_MS", 30_000, minimum=0)
+TASKQ_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS = env_int(
+    "TASKQ_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", 60_000, minimum=0
+)
 # Server-side parameter binding lets psycopg prepare the statements a process
 # runs again and again (capture, release): PostgreSQL then skips parsing and
-# planning them on every call.
-# Behind a pooler in transaction mode (PgBouncer), set
-# TASKQ_DB_PREPARE_THRESHOLD=0 to turn prepared statements off.
-_PREPARE_THRESHOLD = env_int("TASKQ_DB_PREPARE_THRESHOLD", default=5, minimum=0)
+# planning them on every call. TASKQ_DB_PREPARE_THRESHOLD=0 turns them off.
+_PREPARE_THRESHOLD = (
+    0
+    if TASKQ_DB_POOLER == "transaction"
+    else env_int("TASKQ_DB_PREPARE_THRESHOLD", default=5, minimum=0)
+)
 DATABASES["default"].setdefault("OPTIONS", {}).update(
     {
         "server_side_binding": _PREPARE_THRESHOLD > 0,
@@ -177,11 +195,11 @@ DATABASES["default"].setdefault("OPTIONS", {}).update(
         "connect_timeout": env_int("TASKQ_DB_CONNECT_TIMEOUT", default=5, minimum=1),
     }
 )
-DATABASES["default"]["OPTIONS"]["options"] = (
-    f"-c statement_timeout={env_int('TASKQ_DB_STATEMENT_TIMEOUT_MS', 30_000, minimum=0)} "
-    "-c idle_in_transaction_session_timeout="
-    f"{env_int('TASKQ_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS', 60_000, minimum=0)}"
-)
+if TASKQ_DB_POOLER != "transaction":
+    DATABASES["default"]["OPTIONS"]["options"] = (
+        f"-c statement_timeout={TASKQ_DB_STATEMENT_TIMEOUT_MS} "
+        f"-c idle_in_transaction_session_timeout={TASKQ_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS}"
+    )
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
