@@ -296,23 +296,22 @@ def test_a_reader_of_the_output_going_away_stops_the_whole_stack(start_stack):
     assert (state["exit_code"], state["reason"]) == (0, "its output was closed")
 
 
-def test_sigterm_to_make_stops_the_whole_stack(start_stack):
+@pytest.mark.parametrize(
+    ("signum", "reason"),
+    [
+        (signal.SIGTERM, "SIGTERM received"),
+        # make does not pass SIGHUP on: it waits for the recipe, which watches it.
+        (signal.SIGHUP, "make was signalled"),
+    ],
+    ids=["sigterm", "sighup"],
+)
+def test_a_signal_to_make_alone_stops_the_whole_stack(start_stack, signum, reason):
     stack = start_stack(MAKE_RUN.split())
     since = time.monotonic()
-    os.kill(stack.process.pid, signal.SIGTERM)
+    os.kill(stack.process.pid, signum)
     stack.assert_stopped(since)
-    assert_requested_stop(stack, "SIGTERM received")
-    assert stack.process.returncode == -signal.SIGTERM
-
-
-def test_sighup_to_make_alone_stops_the_whole_stack(start_stack):
-    # make does not pass SIGHUP on: it waits for the recipe, which watches it.
-    stack = start_stack(MAKE_RUN.split())
-    since = time.monotonic()
-    os.kill(stack.process.pid, signal.SIGHUP)
-    stack.assert_stopped(since)
-    assert_requested_stop(stack, "make was signalled")
-    assert stack.process.returncode == -signal.SIGHUP
+    assert_requested_stop(stack, reason)
+    assert stack.process.returncode == -signum
 
 
 def test_a_celery_worker_killed_with_9_stops_the_rest_and_its_beat(start_stack):
