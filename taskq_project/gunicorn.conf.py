@@ -8,17 +8,17 @@ import multiprocessing
 import os
 
 bind = os.environ.get("GUNICORN_BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
-# Requests are short and mostly wait on PostgreSQL: a few processes per core,
-# each with threads, keep the cores busy without oversubscribing the database.
+# Requests are short and mostly wait on PostgreSQL: a few processes per core
+# keep the cores busy; each holds TASKQ_DB_POOL_SIZE database connections.
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2))
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
-worker_class = "gthread"
-# A worker stuck longer than this is killed and replaced.
+# uvicorn in each worker: an event loop reads requests whole before a view's
+# thread is involved, so a client trickling its request in holds no thread
+# (taskq_project/asgi.py, taskq_project/server.py).
+worker_class = "taskq_project.server.Worker"
+# A worker process whose event loop stops answering the master this long is
+# replaced (a view waiting on the database does not stop the loop).
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = 10
 keepalive = 30
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-")
-wsgi_app = "taskq_project.wsgi:application"
-# The longest request line gunicorn allows (its default is 4094): a list
-# filtered by several statuses and a cursor, with percent-encoded ids, fits.
-limit_request_line = 8190
+wsgi_app = "taskq_project.asgi:application"

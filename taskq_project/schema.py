@@ -118,8 +118,10 @@ def errors(*codes: int) -> dict[int, OpenApiResponse]:
         code: OpenApiResponse(ErrorSerializer, description=descriptions[code])
         for code in sorted(common | set(codes))
     }
-    # Answered by gunicorn itself, before the application sees the request.
-    answers[414] = OpenApiResponse(description="The request line is over 8,190 bytes.")
+    # Answered before Django sees the request (taskq_project.asgi).
+    answers[414] = OpenApiResponse(
+        ErrorSerializer, description="The path and query string are over 8,190 bytes."
+    )
     return answers
 
 

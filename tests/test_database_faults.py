@@ -50,7 +50,7 @@ class Stack:
             response = conn.getresponse()
             raw = response.read()
             payload = json.loads(raw) if raw else None
-            return response.status, dict(response.getheaders()), payload
+            return response.status, response.headers, payload
         finally:
             conn.close()
 
