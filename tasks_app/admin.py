@@ -15,7 +15,6 @@ from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
 from django.db.models import BooleanField, ExpressionWrapper, Q, QuerySet
-from django.db.models.functions import Now
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
@@ -24,13 +23,20 @@ from namespaces_app.models import Namespace
 from taskq_project.counting import EstimatedCountPaginator, count_or_estimate
 from taskq_project.ids import id_problem
 from tasks_app import services
-from tasks_app.models import DEFAULT_RETRIES, DEFAULT_TIMEOUT, MAX_INT, RESERVED_TASK_IDS, Task
+from tasks_app.models import (
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    MAX_INT,
+    RESERVED_TASK_IDS,
+    LeaseClock,
+    Task,
+)
 from tasks_app.services import BulkResult, NewTask, OperatorAction
 
 STATE_FILTERS: dict[str, tuple[str, Q]] = {
     "idle": ("Idle", Q(status="idle")),
-    "in_progress": ("In progress", Q(status="in_progress", lease_expires_at__gt=Now())),
-    "expired": ("Lease expired", Q(status="in_progress", lease_expires_at__lte=Now())),
+    "in_progress": ("In progress", Q(status="in_progress", lease_expires_at__gt=LeaseClock())),
+    "expired": ("Lease expired", Q(status="in_progress", lease_expires_at__lte=LeaseClock())),
     "done": ("Done", Q(status="done")),
     "failed_retry": ("Failed, will retry", Q(status="failed", retries_left__gt=0)),
     "failed_for_good": ("Failed for good", Q(status="failed", retries_left=0)),
@@ -184,7 +190,7 @@ class TaskAdmin(admin.ModelAdmin):
             .get_queryset(request)
             .annotate(
                 lease_is_expired=ExpressionWrapper(
-                    Q(status="in_progress", lease_expires_at__lte=Now()),
+                    Q(status="in_progress", lease_expires_at__lte=LeaseClock()),
                     output_field=BooleanField(),
                 )
             )

@@ -33,6 +33,7 @@ from tasks_app.models import (
     RESERVED_TASK_IDS,
     TaskStatus,
 )
+from tasks_app.sql import NOW
 
 COLUMNS = ("id", "namespace_id", "timeout", "retries_left", "status")
 FORMATS = ("csv", "jsonl")
@@ -276,25 +277,25 @@ WITH given AS (
         timeout = coalesce(g.timeout, t.timeout),
         retries_left = coalesce(g.retries_left, t.retries_left),
         status = coalesce(g.status, t.status),
-        updated_at = statement_timestamp(),
+        updated_at = {NOW},
         -- No lease is running here; an earlier holder's token must not
         -- come to name one the file starts.
         lease_token = NULL,
         available_at = CASE
             WHEN coalesce(g.status, t.status) = 'idle'
                 THEN CASE WHEN t.status = 'idle' THEN t.available_at
-                          ELSE statement_timestamp() END
+                          ELSE {NOW} END
             WHEN coalesce(g.status, t.status) = 'failed'
                  AND coalesce(g.retries_left, t.retries_left) > 0
-                THEN coalesce(t.available_at, statement_timestamp())
+                THEN coalesce(t.available_at, {NOW})
             WHEN coalesce(g.status, t.status) = 'in_progress'
                  AND coalesce(g.retries_left, t.retries_left) > 0
-                THEN statement_timestamp()
+                THEN {NOW}
                      + make_interval(secs => coalesce(g.timeout, t.timeout))
         END,
         lease_expires_at = CASE
             WHEN coalesce(g.status, t.status) = 'in_progress'
-                THEN statement_timestamp()
+                THEN {NOW}
                      + make_interval(secs => coalesce(g.timeout, t.timeout))
         END
     FROM given AS g
@@ -579,7 +580,7 @@ def import_tasks(
             if unknown and create_namespace:
                 cursor.execute(
                     "INSERT INTO namespaces_app_namespace (id, created_at)"
-                    " SELECT unnest(%s::text[]), statement_timestamp() ON CONFLICT DO NOTHING",
+                    f" SELECT unnest(%s::text[]), {NOW} ON CONFLICT DO NOTHING",
                     [unknown],
                 )
             elif unknown:

@@ -15,6 +15,7 @@ from typing import Any
 from django.db import connection
 
 from namespaces_app.models import Namespace
+from tasks_app.sql import NOW
 
 # Above this many rows (by the planner's estimate), a count is estimated
 # rather than counted.
@@ -35,8 +36,8 @@ CATEGORY_LABELS = {
 _CATEGORY_WHERE = {
     "idle": "available_at IS NOT NULL AND status = 'idle'",
     "failed_retry": "status = 'failed' AND retries_left > 0",
-    "in_progress": "status = 'in_progress' AND lease_expires_at > statement_timestamp()",
-    "expired": "status = 'in_progress' AND lease_expires_at <= statement_timestamp()",
+    "in_progress": f"status = 'in_progress' AND lease_expires_at > {NOW}",
+    "expired": f"status = 'in_progress' AND lease_expires_at <= {NOW}",
     "done": "status = 'done'",
     "failed_for_good": "status = 'failed' AND retries_left = 0",
 }
@@ -134,13 +135,13 @@ def build_dashboard() -> Dashboard:
             entry.counts[category] = counts.get(ns, Count(0))
 
     with connection.cursor() as cursor:
-        cursor.execute("SELECT statement_timestamp()")
+        cursor.execute(f"SELECT {NOW}")
         (now,) = cursor.fetchone()  # type: ignore[misc]
         # Queue lag: the oldest idle task of each namespace, the first idle
         # entry of its range in `task_capture_idx`.
         cursor.execute(
-            """
-            SELECT n.id, EXTRACT(EPOCH FROM statement_timestamp() - (
+            f"""
+            SELECT n.id, EXTRACT(EPOCH FROM {NOW} - (
                 SELECT t.available_at FROM tasks_app_task AS t
                 WHERE t.namespace_id = n.id AND t.available_at IS NOT NULL
                   AND t.status = 'idle'

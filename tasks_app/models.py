@@ -4,6 +4,7 @@ from django.db.models.functions import Now
 
 from namespaces_app.models import Namespace
 from taskq_project.ids import MAX_ID_LENGTH
+from tasks_app.sql import NOW
 
 # PostgreSQL `integer` bounds: values beyond them are refused at the edge
 # instead of overflowing in the database.
@@ -21,20 +22,17 @@ class TaskStatus(models.TextChoices):
     FAILED = "failed"
 
 
+class LeaseClock(models.Func):
+    """The clock of every lease decision (tasks_app.sql.NOW), in ORM filters."""
+
+    template = NOW
+    output_field = models.DateTimeField()
+
+
 class TaskQuerySet(models.QuerySet["Task"]):
-    def capturable(self, namespace_id: str) -> "TaskQuerySet":
-        """Tasks a capture may lease now, in the order it leases them.
-
-        Served by the partial index `task_capture_idx`: one range scan whatever
-        the number of done or terminally failed tasks in the table.
-        """
-        return self.filter(namespace_id=namespace_id, available_at__lte=Now()).order_by(
-            "available_at"
-        )
-
     def expired(self) -> "TaskQuerySet":
         """In-progress tasks whose lease has run out (served by `task_lease_expiry_idx`)."""
-        return self.filter(status=TaskStatus.IN_PROGRESS, lease_expires_at__lte=Now())
+        return self.filter(status=TaskStatus.IN_PROGRESS, lease_expires_at__lte=LeaseClock())
 
 
 class Task(models.Model):

@@ -3,14 +3,24 @@
 Each statement is one round trip and its own transaction (autocommit), with
 every time decision taken on the database clock, never the app server's.
 
-The clock is `statement_timestamp()`: in autocommit it equals `now()`, and
-unlike `now()` it still moves forward between statements of one transaction
-(a test, a management command), so a task registered by one statement is
-capturable by the next. It is STABLE, so it can bound an index scan.
+The clock is `NOW`: `statement_timestamp()`, unless the session has frozen
+it with `SET taskq.frozen_at = '...'`, which only tests do (tests/clock.py);
+no session sees another's setting. In autocommit `statement_timestamp()`
+equals `now()`, and unlike `now()` it still moves forward between statements
+of one transaction (a test, a management command), so a task registered by
+one statement is capturable by the next. The expression is STABLE, so it can
+bound an index scan; it is written into each statement rather than wrapped
+in a SQL function, whose body PostgreSQL would parse again each time it
+plans a statement that is not prepared.
 
 The derived columns follow the rules in `Task`'s docstring; the CHECK
 constraint `task_state_consistent` rejects any row that breaks them.
 """
+
+NOW = (
+    "coalesce(nullif(current_setting('taskq.frozen_at', true), '')::timestamptz,"
+    " statement_timestamp())"
+)
 
 TASK_COLUMNS = (
     "id, namespace_id, timeout, retries_left, updated_at, status, lease_expires_at, attempt"
@@ -20,12 +30,12 @@ _T_COLUMNS = ", ".join("t." + column for column in TASK_COLUMNS.split(", "))
 # Added to statements that finish tasks, as a data-modifying CTE over the rows
 # they changed: one Throughput row per namespace and statement, never an
 # update of a shared counter, so concurrent releases do not queue on a row.
-_LOG_THROUGHPUT = """
+_LOG_THROUGHPUT = f"""
     INSERT INTO tasks_app_throughput (namespace_id, at, done, failed)
-    SELECT namespace_id, statement_timestamp(),
+    SELECT namespace_id, {NOW},
            count(*) FILTER (WHERE status = 'done'),
            count(*) FILTER (WHERE status = 'failed')
-    FROM {source}
+    FROM {{source}}
     WHERE status IN ('done', 'failed')
     GROUP BY namespace_id
 """
@@ -35,7 +45,9 @@ _LOG_THROUGHPUT = """
 # The MATERIALIZED CTE is evaluated once, so LIMIT holds: written as
 # `UPDATE ... WHERE id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)`, the
 # planner may turn the sub-select into a join that locks and returns more than
-# n rows. SKIP LOCKED lets concurrent captures pass each other instead of
+# n rows. (PostgreSQL does not fold a CTE that locks rows into the outer
+# query either; MATERIALIZED states it, and test_task_table holds the plan to
+# a CTE.) SKIP LOCKED lets concurrent captures pass each other instead of
 # queueing on the same head-of-line rows; each row it locks is re-checked
 # against the WHERE clause on its latest version, so a task leased by a
 # capture that committed in between is not leased again.
@@ -43,33 +55,38 @@ _LOG_THROUGHPUT = """
 # Every capture starts a new lease: a fresh random token (the fence that
 # release and extend check) and the next attempt number.
 #
+# The answer lists the leases in the order they were queued: an UPDATE's
+# RETURNING follows whatever join the planner chose, not the CTE's order.
+#
 # Capturing anything but an idle task is a retry and costs one. The SET list
 # reads `t`, the row's latest version (PostgreSQL re-reads a row updated since
 # the statement's snapshot), never a value copied out of the snapshot.
 CAPTURE = f"""
 WITH picked AS MATERIALIZED (
-    SELECT id
+    SELECT id, available_at
     FROM tasks_app_task
     WHERE namespace_id = %(namespace_id)s
-      AND available_at <= statement_timestamp()
+      AND available_at <= {NOW}
     ORDER BY available_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), leased AS (
+    UPDATE tasks_app_task AS t
+    SET status = 'in_progress',
+        retries_left = t.retries_left - (t.status <> 'idle')::int,
+        updated_at = {NOW},
+        lease_expires_at = {NOW} + make_interval(secs => t.timeout),
+        available_at = CASE
+            WHEN t.retries_left - (t.status <> 'idle')::int > 0
+                THEN {NOW} + make_interval(secs => t.timeout)
+        END,
+        lease_token = gen_random_uuid(),
+        attempt = t.attempt + 1
+    FROM picked
+    WHERE t.id = picked.id
+    RETURNING {_T_COLUMNS}, t.lease_token::text AS lease_token, picked.available_at AS queued_at
 )
-UPDATE tasks_app_task AS t
-SET status = 'in_progress',
-    retries_left = t.retries_left - (t.status <> 'idle')::int,
-    updated_at = statement_timestamp(),
-    lease_expires_at = statement_timestamp() + make_interval(secs => t.timeout),
-    available_at = CASE
-        WHEN t.retries_left - (t.status <> 'idle')::int > 0
-            THEN statement_timestamp() + make_interval(secs => t.timeout)
-    END,
-    lease_token = gen_random_uuid(),
-    attempt = t.attempt + 1
-FROM picked
-WHERE t.id = picked.id
-RETURNING {_T_COLUMNS}, t.lease_token::text
+SELECT {TASK_COLUMNS}, lease_token FROM leased ORDER BY queued_at, id
 """
 
 # The fence shared by release and extend.
@@ -156,11 +173,11 @@ RELEASE = f"""
 {_FENCE}, released AS (
     UPDATE tasks_app_task AS t
     SET status = %(status)s::text,
-        updated_at = statement_timestamp(),
+        updated_at = {NOW},
         lease_expires_at = NULL,
         available_at = CASE
-            WHEN %(status)s::text = 'idle' THEN statement_timestamp()
-            WHEN %(status)s::text = 'failed' AND t.retries_left > 0 THEN statement_timestamp()
+            WHEN %(status)s::text = 'idle' THEN {NOW}
+            WHEN %(status)s::text = 'failed' AND t.retries_left > 0 THEN {NOW}
         END
     FROM decided
     WHERE t.id = decided.id AND decided.problem IS NULL
@@ -178,10 +195,10 @@ RELEASE = f"""
 EXTEND = f"""
 {_FENCE}, extended AS (
     UPDATE tasks_app_task AS t
-    SET updated_at = statement_timestamp(),
-        lease_expires_at = statement_timestamp()
+    SET updated_at = {NOW},
+        lease_expires_at = {NOW}
             + make_interval(secs => coalesce(%(timeout)s::int, t.timeout)),
-        available_at = CASE WHEN t.retries_left > 0 THEN statement_timestamp()
+        available_at = CASE WHEN t.retries_left > 0 THEN {NOW}
             + make_interval(secs => coalesce(%(timeout)s::int, t.timeout)) END
     FROM decided
     WHERE t.id = decided.id AND decided.problem IS NULL
@@ -231,7 +248,7 @@ INSERT_IN_ID_ORDER = 'ORDER BY v.id COLLATE "C"'
 
 def stamp(ord_: str, count: str) -> str:
     """The timestamp of row `ord_` of `count`, as described above."""
-    return f"statement_timestamp() - ({count} - {ord_}) * interval '1 microsecond'"
+    return f"{NOW} - ({count} - {ord_}) * interval '1 microsecond'"
 
 
 REGISTER = f"""
@@ -268,14 +285,14 @@ RECLAIM_EXPIRED = f"""
 WITH expired AS MATERIALIZED (
     SELECT id
     FROM tasks_app_task
-    WHERE status = 'in_progress' AND lease_expires_at <= statement_timestamp()
+    WHERE status = 'in_progress' AND lease_expires_at <= {NOW}
     ORDER BY lease_expires_at
     LIMIT %(batch)s
     FOR UPDATE SKIP LOCKED
 ), reclaimed AS (
     UPDATE tasks_app_task AS t
     SET status = 'failed',
-        updated_at = statement_timestamp(),
+        updated_at = {NOW},
         available_at = CASE WHEN t.retries_left > 0 THEN t.lease_expires_at END,
         lease_expires_at = NULL
     FROM expired
@@ -303,8 +320,8 @@ WHERE t.id = doomed.id
 """
 
 # The dashboard charts the last hour; keep a margin, drop the rest.
-PURGE_THROUGHPUT = """
-DELETE FROM tasks_app_throughput WHERE at < statement_timestamp() - interval '2 hours'
+PURGE_THROUGHPUT = f"""
+DELETE FROM tasks_app_throughput WHERE at < {NOW} - interval '2 hours'
 """
 
 RECORD_RUN = """
@@ -335,10 +352,10 @@ WITH target AS (
 SELECT id FROM changed
 """
 
-_EXPIRED = "status = 'in_progress' AND lease_expires_at <= statement_timestamp()"
+_EXPIRED = f"status = 'in_progress' AND lease_expires_at <= {NOW}"
 # An operator ending a lease clears its token, so the holder's release or
 # extend is refused as stale rather than taken for its own.
-_FINISHED = "lease_expires_at = NULL, lease_token = NULL, updated_at = statement_timestamp()"
+_FINISHED = f"lease_expires_at = NULL, lease_token = NULL, updated_at = {NOW}"
 
 
 def _operator_action(condition: str, assignments: str) -> str:
@@ -352,13 +369,13 @@ def _operator_action(condition: str, assignments: str) -> str:
 # Back to idle from done or failed; %(retries)s, when not NULL, resets retries.
 REQUEUE = _operator_action(
     "status IN ('done', 'failed')",
-    f"status = 'idle', available_at = statement_timestamp(), {_FINISHED}, "
+    f"status = 'idle', available_at = {NOW}, {_FINISHED}, "
     "retries_left = COALESCE(%(retries)s, t.retries_left)",
 )
 # End a lease (valid or expired) and hand the task back, no retry charged.
 CANCEL_LEASE = _operator_action(
     "status = 'in_progress'",
-    f"status = 'idle', available_at = statement_timestamp(), {_FINISHED}",
+    f"status = 'idle', available_at = {NOW}, {_FINISHED}",
 )
 # Done for good; never over a valid lease (its worker may still be at it).
 MARK_DONE = _operator_action(
@@ -368,13 +385,12 @@ MARK_DONE = _operator_action(
 # Failed, as a worker's release would: retried while retries are left.
 MARK_FAILED = _operator_action(
     f"status IN ('idle', 'done') OR ({_EXPIRED})",
-    "status = 'failed', available_at = CASE WHEN t.retries_left > 0 "
-    f"THEN statement_timestamp() END, {_FINISHED}",
+    f"status = 'failed', available_at = CASE WHEN t.retries_left > 0 THEN {NOW} END, {_FINISHED}",
 )
 
 # Why the ids an operator action did not change were skipped.
-DESCRIBE_SKIPPED = """
-SELECT id, status, status = 'in_progress' AND lease_expires_at > statement_timestamp()
+DESCRIBE_SKIPPED = f"""
+SELECT id, status, status = 'in_progress' AND lease_expires_at > {NOW}
 FROM tasks_app_task
 WHERE id = ANY(%(ids)s)
 """

@@ -15,6 +15,7 @@ from django.utils import timezone
 from namespaces_app.models import Namespace
 from tasks_app import sql
 from tasks_app.models import SweepRecord
+from tasks_app.sql import NOW
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def purge_done_tasks(
     """
     if now is None:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT statement_timestamp()")
+            cursor.execute(f"SELECT {NOW}")
             (now,) = cursor.fetchone()  # type: ignore[misc]
     assert now is not None
     cutoff = now - older_than
@@ -125,7 +126,7 @@ def sweeper_health(*, interval_seconds: int) -> dict[str, object]:
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT finished_at, affected, "
-            "EXTRACT(EPOCH FROM statement_timestamp() - finished_at) "
+            f"EXTRACT(EPOCH FROM {NOW} - finished_at) "
             "FROM tasks_app_sweeprecord WHERE name = %s",
             [RECLAIM_JOB],
         )

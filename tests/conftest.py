@@ -26,3 +26,14 @@ def anon() -> APIClient:
 @pytest.fixture
 def namespace(db: None) -> str:
     return make_namespace("ns").id
+
+
+@pytest.fixture
+def clock(db: None):
+    """The database clock, frozen at the start of the test (tests/clock.py)."""
+    from tests.clock import Clock
+
+    frozen = Clock()
+    frozen.freeze()
+    yield frozen
+    frozen.thaw()

@@ -288,3 +288,22 @@ def test_last_used_at_is_not_set_by_a_rejected_request(anon, token):
     assert revoked.last_used_at is None
     unused = ApiToken.objects.get(hashed_key=hash_secret(token))
     assert unused.last_used_at is None
+
+
+def test_a_cached_token_stops_working_the_moment_it_expires(db, monkeypatch):
+    """The per-process cache keeps a token's expiry: it never outlives it."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apikeys_app import services as token_services
+    from apikeys_app.models import ApiToken
+
+    token, secret = create_token(name="short-lived", expires_in=timedelta(hours=1))
+    assert token_services.authenticate_secret(secret) is not None  # now cached
+    expiry = ApiToken.objects.get(pk=token.pk).expires_at
+    assert expiry is not None
+    # The database agrees that the hour has passed.
+    ApiToken.objects.filter(pk=token.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    monkeypatch.setattr(timezone, "now", lambda: expiry)
+    assert token_services.authenticate_secret(secret) is None

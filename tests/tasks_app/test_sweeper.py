@@ -1,6 +1,8 @@
 """The lease sweeper and retention, against real PostgreSQL."""
 
+import random
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -177,13 +179,20 @@ class TestReclaimConcurrency:
 
     def test_a_release_racing_a_sweep_ends_in_exactly_one_of_the_two_outcomes(self):
         make_namespace("ns")
-        outcomes = set()
-        for round_ in range(15):
+        outcomes: set[str] = set()
+        rng = random.Random(20261201)
+        for round_ in range(200):
+            if len(outcomes) == 2:
+                break
             task_id = f"race{round_}"
             make_task(task_id, retries_left=1)
             lease_and_expire(task_id)
+            # Who starts first varies by a fraction of a statement's time, so
+            # the rounds reach both orders.
+            delays = (rng.uniform(0, 0.004), rng.uniform(0, 0.004))
 
-            def act(index: int, task_id: str = task_id):
+            def act(index: int, task_id: str = task_id, delays=delays):
+                time.sleep(delays[index])
                 if index == 0:
                     return release_tasks(task_ids=[task_id], status="done")
                 return reclaim_expired_leases()
@@ -199,7 +208,7 @@ class TestReclaimConcurrency:
                 assert "failed, not in_progress" in release.errors[0].detail
                 assert state["status"] == "failed"
                 outcomes.add("sweep won")
-        assert outcomes  # every round ended in one consistent outcome
+        assert outcomes == {"release won", "sweep won"}
 
 
 @pytest.mark.django_db

@@ -29,7 +29,12 @@ def test_capture_is_one_range_scan_of_the_partial_index_however_many_tasks_are_d
     plan = explain(sql.CAPTURE, {"namespace_id": "ns", "limit": 10})
     assert "task_capture_idx" in plan
     assert "Seq Scan" not in plan
-    assert "Sort" not in plan  # the index already yields the FIFO order
+    # The picked rows are a CTE of their own, evaluated once, so LIMIT holds.
+    assert "CTE picked" in plan
+    # The index already yields the FIFO order: the only sort is of the (at
+    # most `limit`) leased rows, back into queue order for the answer.
+    sort_keys = [line.strip() for line in plan.splitlines() if "Sort Key" in line]
+    assert sort_keys == ['Sort Key: leased.queued_at, leased.id COLLATE "C"'], plan
 
 
 @pytest.mark.django_db
@@ -152,3 +157,23 @@ def test_a_vacuum_clears_the_dead_entries_a_busy_namespace_leaves_at_its_queue_h
         # A plain VACUUM, as autovacuum runs it: the table's own settings apply.
         cursor.execute("VACUUM tasks_app_task")
     assert capture_scan_buffers("busy") <= fresh + 1
+
+
+@pytest.mark.django_db
+def test_release_locks_in_id_order_whatever_plan_the_planner_picks():
+    """With the id index, a scan for `id = ANY(...)` already yields id order;
+    without it (a bitmap or sequential scan yields table order), the fence
+    sorts before it locks, so overlapping releases never lock in opposite orders."""
+    make_namespace("ns")
+    make_tasks("ns", 1_000)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE tasks_app_task")
+        cursor.execute("SET LOCAL enable_indexscan = off")
+        cursor.execute("SET LOCAL enable_indexonlyscan = off")
+        plan = explain(
+            sql.RELEASE,
+            {"ids": ["t000009", "t000001"], "tokens": None, "status": "done", "scope": None},
+        )
+    locked = plan[plan.index("CTE locked") : plan.index("CTE decided")]
+    assert "LockRows" in locked
+    assert "Sort Key: t_1.id" in locked or "Sort Key: t.id" in locked, locked
