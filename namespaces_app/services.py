@@ -41,15 +41,15 @@ def delete_namespace(*, namespace_id: str, scope: Scope = None) -> int:
     never trips over a task that appeared after it removed the others.
     Raises NamespaceNotFound.
     """
-    from tasks_app.models import Task
-
     if not in_scope(namespace_id, scope):
         raise NamespaceNotFound(namespace_id)
     with transaction.atomic():
         namespace = Namespace.objects.select_for_update().filter(pk=namespace_id).first()
         if namespace is None:
             raise NamespaceNotFound(namespace_id)
-        deleted_tasks, _ = Task.objects.filter(namespace_id=namespace_id).delete()
+        # Through the tasks' foreign key (`related_name="tasks"`): tasks build
+        # on namespaces, never the other way round, so no import of tasks_app.
+        deleted_tasks, _ = namespace.tasks.all().delete()
         namespace.delete()
     return deleted_tasks
 
@@ -65,7 +65,3 @@ def list_namespaces(*, scope: Scope = None) -> list[Namespace]:
     if scope is not None:
         namespaces = namespaces.filter(pk__in=scope)
     return list(namespaces)
-
-
-def namespace_exists(*, namespace_id: str) -> bool:
-    return Namespace.objects.filter(pk=namespace_id).exists()

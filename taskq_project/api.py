@@ -20,6 +20,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.utils import encoders
 
+from taskq_project import errors
 from taskq_project.db_errors import Transient, transient
 from taskq_project.ids import ID_SCHEMA, id_problem
 
@@ -45,6 +46,22 @@ class PayloadTooLarge(exceptions.APIException):
     default_detail = "Request body too large."
 
 
+# The one mapping of the product's domain errors to HTTP.
+DOMAIN_STATUS: dict[type[errors.DomainError], int] = {
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.Invalid: 400,
+    errors.Forbidden: 403,
+}
+
+
+def domain_status(exc: errors.DomainError) -> int:
+    for kind in type(exc).__mro__:
+        if kind in DOMAIN_STATUS:
+            return DOMAIN_STATUS[kind]  # type: ignore[index]
+    return 400
+
+
 def transient_response(kind: Transient) -> dict[str, Any]:
     return {"detail": kind.detail, "code": kind.code}
 
@@ -56,6 +73,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return Response(
             transient_response(kind), status=503, headers={"Retry-After": str(kind.retry_after)}
         )
+    if isinstance(exc, errors.DomainError):
+        return Response({"detail": exc.detail, "code": exc.code}, status=domain_status(exc))
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, RequestDataTooBig):

@@ -1,30 +1,28 @@
-"""Domain errors, each carrying the HTTP status the API answers with."""
+"""Domain errors of tasks (taskq_project.errors: plain, free of HTTP)."""
 
-from rest_framework import status
-from rest_framework.exceptions import APIException
+from taskq_project.errors import Conflict, Invalid, NotFound
 
 
-class TaskNotFound(APIException):
-    status_code = status.HTTP_404_NOT_FOUND
-    default_code = "task_not_found"
+class TaskNotFound(NotFound):
+    code = "task_not_found"
 
     def __init__(self, task_id: str) -> None:
         super().__init__(f"Task {task_id!r} is not registered.")
+        self.task_id = task_id
 
 
-class TaskAlreadyExists(APIException):
-    status_code = status.HTTP_409_CONFLICT
-    default_code = "task_exists"
+class TaskAlreadyExists(Conflict):
+    code = "task_exists"
 
     def __init__(self, task_id: str) -> None:
         super().__init__(f"Task {task_id!r} is already registered.")
+        self.task_id = task_id
 
 
-class UnknownNamespaceForTask(APIException):
-    """A task names a namespace that is not registered: the request is at fault (400)."""
+class UnknownNamespaceForTask(Invalid):
+    """A task names a namespace that is not registered: the request is at fault."""
 
-    status_code = status.HTTP_400_BAD_REQUEST
-    default_code = "unknown_namespace"
+    code = "unknown_namespace"
 
     def __init__(self, namespace_id: str) -> None:
         super().__init__(f"Namespace {namespace_id!r} is not registered; register it first.")
