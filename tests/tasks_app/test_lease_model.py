@@ -66,9 +66,6 @@ class Model:
     lease_end: datetime | None = None
     available_at: datetime | None = None
 
-    def capturable(self, now: datetime) -> bool:
-        return self.available_at is not None and self.available_at <= now
-
     def expired(self, now: datetime) -> bool:
         return self.status == "in_progress" and self.lease_end is not None and self.lease_end <= now
 
@@ -114,8 +111,10 @@ class LeaseMachine(RuleBasedStateMachine):
     def capture(self, limit: int):
         self.tick()
         now = self.now
-        candidates = sorted(
-            (m.available_at, task_id) for task_id, m in self.tasks.items() if m.capturable(now)
+        candidates: list[tuple[datetime, str]] = sorted(
+            (m.available_at, task_id)
+            for task_id, m in self.tasks.items()
+            if m.available_at is not None and m.available_at <= now
         )
         rows = capture_tasks(namespace_id="ns", limit=limit)
         got = [row.id for row in rows]
@@ -128,9 +127,8 @@ class LeaseMachine(RuleBasedStateMachine):
             earlier = {task_id for at, task_id in candidates if at < cutoff}
             tied = {task_id for at, task_id in candidates if at == cutoff}
             assert earlier <= set(got) <= earlier | tied, (got, candidates)
-            assert got == sorted(
-                got, key=lambda task_id: (self.tasks[task_id].available_at, task_id)
-            )
+            queued = dict((task_id, at) for at, task_id in candidates)
+            assert got == sorted(got, key=lambda task_id: (queued[task_id], task_id))
         for row in rows:
             model = self.tasks[row.id]
             if model.status != "idle":
