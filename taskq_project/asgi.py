@@ -61,15 +61,20 @@ QUEUE_SECONDS = float(os.environ.get("TASKQ_WEB_QUEUE_SECONDS", "10"))
 # it; a larger one (a static file) is sent as it is produced.
 BUFFERED_RESPONSE_BYTES = 1 << 20
 
-_executor: ThreadPoolExecutor | None = None
+_executors: dict[str, ThreadPoolExecutor] = {}
+# The health check has threads of its own: a load balancer still hears how
+# the server is when every request thread waits on the database.
+HEALTH_PATHS = frozenset({"/healthz", "/healthz/"})
+HEALTH_THREADS = 2
 
 
-def executor() -> ThreadPoolExecutor:
+def executor(path: str = "") -> ThreadPoolExecutor:
     # Made on first use, in the worker process: threads do not survive a fork.
-    global _executor
-    if _executor is None:
-        _executor = ThreadPoolExecutor(max_workers=WEB_THREADS, thread_name_prefix="taskq-web")
-    return _executor
+    name = "health" if path in HEALTH_PATHS else "web"
+    if name not in _executors:
+        size = HEALTH_THREADS if name == "health" else WEB_THREADS
+        _executors[name] = ThreadPoolExecutor(max_workers=size, thread_name_prefix=f"taskq-{name}")
+    return _executors[name]
 
 
 async def application(scope: Scope, receive: Receive, send: Send) -> None:
@@ -112,7 +117,7 @@ async def application(scope: Scope, receive: Receive, send: Send) -> None:
     environ = wsgi_environ(scope, b"".join(chunks))
     loop = asyncio.get_running_loop()
     ticket = Ticket()
-    future = loop.run_in_executor(executor(), ticket.run, environ)
+    future = loop.run_in_executor(executor(scope["path"]), ticket.run, environ)
     try:
         done, _ = await asyncio.wait({future}, timeout=QUEUE_SECONDS)
         if not done and ticket.abandon():
@@ -135,7 +140,7 @@ async def application(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.body", "body": body})
         return
     await send({"type": "http.response.body", "body": body, "more_body": True})
-    await loop.run_in_executor(executor(), stream, rest, loop, send)
+    await loop.run_in_executor(executor(scope["path"]), stream, rest, loop, send)
 
 
 Response = tuple[int, list[tuple[bytes, bytes]], bytes, Iterable[bytes] | None]
@@ -311,7 +316,7 @@ async def lifespan(receive: Receive, send: Send) -> None:
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             # Requests in flight have finished: the server waited for them.
-            if _executor is not None:
-                await asyncio.get_running_loop().run_in_executor(None, _executor.shutdown)
+            for pool in list(_executors.values()):
+                await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
             await send({"type": "lifespan.shutdown.complete"})
             return

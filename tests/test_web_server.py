@@ -271,6 +271,10 @@ def test_a_request_that_finds_no_free_thread_is_answered_503_and_never_runs(one_
             assert response.status == 503, answer
             assert response.getheader("Retry-After") == "1"
             assert answer["code"] == "server_busy"
+            # The health check has threads of its own: it still answers.
+            status, _, health = request(one_thread_server, "GET", "/healthz")
+            assert status == 200, health
+            assert json.loads(health)["database"]["ok"] is True
             blocker.rollback()
             status, _, _ = held.result(timeout=30)
     assert status == 204
