@@ -239,6 +239,18 @@ JOIN tasks_app_task AS t ON t.id = s.id
 WHERE NOT EXISTS (SELECT 1 FROM taskq_import_rejects AS r WHERE r.line = s.line)
 """
 
+# After the insert: ids another session registered between _REJECT_EXISTING
+# and the insert, which passed over them. The rows this import inserted carry
+# its own transaction id and are not rejected.
+_REJECT_TAKEN_MEANWHILE = """
+INSERT INTO taskq_import_rejects (line, reason)
+SELECT s.line, 'id already registered'
+FROM taskq_import AS s
+JOIN tasks_app_task AS t ON t.id = s.id
+WHERE t.xmin <> pg_current_xact_id()::xid
+  AND NOT EXISTS (SELECT 1 FROM taskq_import_rejects AS r WHERE r.line = s.line)
+"""
+
 _DROP_REJECTED = """
 DELETE FROM taskq_import AS s USING taskq_import_rejects AS r WHERE r.line = s.line
 """
@@ -603,6 +615,18 @@ def import_tasks(
             cursor.execute(_INSERT, given)
             (result.imported,) = cursor.fetchone()
             result.skipped = remaining - result.imported
+            if on_conflict == "error" and result.skipped:
+                # Ids a concurrent registration committed after the check
+                # above: the insert passed over them, and they are rejected
+                # like any id already registered (this statement sees them).
+                cursor.execute(_REJECT_TAKEN_MEANWHILE)
+                result.rejected = _count(cursor, "taskq_import_rejects")
+                result.rejections = _rejections(cursor, limit=REPORTED_REJECTIONS)
+                if write_rejections is not None:
+                    write_rejections(_all_rejections(cursor))
+                if not skip_invalid:
+                    raise _Abort
+                result.skipped = 0
             result.committed = True
     except _Abort:
         result.committed = False

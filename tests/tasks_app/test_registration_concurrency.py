@@ -122,3 +122,52 @@ def test_import_keeps_the_order_of_the_file(client, tmp_path):
     shuffled = IDS[::-1]
     call_command("import_tasks", write_file(tmp_path, shuffled), "--quiet")
     assert registration_order() == shuffled
+
+
+def test_an_id_registered_while_an_import_checks_its_file_is_still_refused(client, tmp_path):
+    """The import checks for taken ids, then inserts; an id another session
+    commits in between is refused as already registered, not silently skipped
+    while the import reports success."""
+    import io
+    import time
+
+    import psycopg
+
+    from tests.utils import database_url_of_test_database
+
+    path = write_file(tmp_path, ["late", "free"])
+    url = database_url_of_test_database()
+    with psycopg.connect(url) as blocker, psycopg.connect(url, autocommit=True) as observer:
+        blocker.execute(
+            "INSERT INTO tasks_app_task (id, namespace_id, timeout, retries_left, status,"
+            " available_at) VALUES ('late', 'ns', 60, 1, 'idle', now())"
+        )
+        outcome: list[object] = []
+        errors = io.StringIO()
+
+        def run_import() -> None:
+            try:
+                call_command("import_tasks", path, "--quiet", stderr=errors)
+                outcome.append("imported")
+            except CommandError as exc:
+                outcome.append(exc)
+            finally:
+                connection.close()
+
+        thread = threading.Thread(target=run_import)
+        thread.start()
+        deadline = time.monotonic() + 20
+        # The import's insert waits on the uncommitted 'late'.
+        while not observer.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND datname = current_database()"
+        ).fetchone()[0]:  # type: ignore[index]
+            assert time.monotonic() < deadline, "the import never reached the lock"
+            time.sleep(0.02)
+        blocker.commit()
+        thread.join(30)
+    (result,) = outcome
+    assert isinstance(result, CommandError), result
+    assert "1 invalid row(s): nothing was imported" in str(result)
+    assert "line 2: id already registered" in errors.getvalue()
+    assert not Task.objects.filter(pk="free").exists()
