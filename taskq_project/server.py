@@ -7,6 +7,8 @@ answered 431 and the connection closed. Bodies are bounded by
 taskq_project.asgi.
 """
 
+import os
+import signal
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -55,3 +57,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
 class Worker(UvicornWorker):
     CONFIG_KWARGS = {"loop": "uvloop", "http": BoundedHttpToolsProtocol}
+
+    async def callback_notify(self) -> None:
+        # gunicorn's own workers exit when their master dies; uvicorn's would
+        # keep serving, and holding the port, without one. The check runs
+        # with each heartbeat (every GUNICORN_TIMEOUT / 2 seconds).
+        if os.getppid() != self.ppid:
+            self.log.info("gunicorn master %s is gone; worker %s stops", self.ppid, self.pid)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        await super().callback_notify()

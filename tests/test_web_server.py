@@ -289,3 +289,43 @@ def waiting_on_the_lock(blocker: psycopg.Connection) -> bool:
         "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'tasks_app_task'::regclass"
     ).fetchone()
     return row is not None and row[0] > 0
+
+
+def test_workers_stop_when_their_master_is_killed(tmp_path):
+    """uvicorn's workers would outlive a master killed with -9 and keep its port."""
+    import os
+    import signal
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "taskq_project/gunicorn.conf.py"],
+        cwd=BASE_DIR,
+        env=subprocess_env(
+            PORT=str(port),
+            WEB_CONCURRENCY="2",
+            GUNICORN_TIMEOUT="4",
+            GUNICORN_ACCESS_LOG="/dev/null",
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        workers: list[int] = []
+        while len(workers) < 2:
+            assert time.monotonic() < deadline, "the workers never started"
+            time.sleep(0.2)
+            children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+            workers = [int(pid) for pid in children.read_text().split()]
+        process.kill()
+        process.wait()
+        deadline = time.monotonic() + 20
+        while any(Path(f"/proc/{pid}").exists() for pid in workers):
+            assert time.monotonic() < deadline, "orphaned workers kept running"
+            time.sleep(0.2)
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
