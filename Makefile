@@ -9,7 +9,7 @@ PORT ?= 8000
 
 export PORT
 
-.PHONY: run stop test test-pgbouncer fuzz faults bench setup migrate lint format db-stop clean
+.PHONY: run stop test test-pgbouncer fuzz faults bench bench-smoke setup migrate lint format db-stop clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,10 @@ fuzz: setup
 # minutes; see docs/benchmarks.md for this and the other benchmarks).
 bench: setup
 	$(PY) -m bench.throughput
+
+# Every benchmark at a tiny size (CI runs it, so none rots).
+bench-smoke: setup
+	$(PY) scripts/bench_smoke.py
 
 # The long fault-injection run (docs/reliability.md); `make test` runs a short one.
 faults: setup
