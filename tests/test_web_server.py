@@ -86,6 +86,15 @@ def request(port: int, method: str, path: str, body=None, headers=None, **kwargs
         conn.close()
 
 
+def read_until_closed(sock: socket.socket) -> tuple[bytes, bytes]:
+    """A raw answer, read until the server closes: its head and its body."""
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head, body
+
+
 def chunked_request(port: int, method: str, path: str, body: bytes, token: str):
     chunks = [body[i : i + 7] for i in range(0, len(body), 7)]
     return request(
@@ -129,11 +138,8 @@ def test_a_body_declared_too_large_is_refused_before_it_is_sent(server):
             b"POST /v1/task HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
             b"Content-Length: 100000000\r\n\r\n"
         )
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 413"), answer
+        head, body = read_until_closed(sock)
+    assert head.startswith(b"HTTP/1.1 413"), head
     assert json.loads(body)["code"] == "payload_too_large"
 
 
@@ -228,11 +234,8 @@ def test_an_endless_request_head_is_refused_with_431(server):
         # it closes, so the close is not a reset that would drop the answer.
         start = b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Endless: "
         sock.sendall(start + b"a" * (65_537 - len(start)))
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 431"), answer
+        head, body = read_until_closed(sock)
+    assert head.startswith(b"HTTP/1.1 431"), head
     assert json.loads(body)["code"] == "request_header_fields_too_large"
 
 
