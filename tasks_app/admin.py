@@ -23,24 +23,17 @@ from namespaces_app.models import Namespace
 from taskq_project.counting import EstimatedCountPaginator, count_or_estimate
 from taskq_project.ids import id_problem
 from tasks_app import services
+from tasks_app.lease import CATEGORIES, CATEGORY
 from tasks_app.models import (
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
     MAX_INT,
     RESERVED_TASK_IDS,
-    LeaseClock,
     Task,
 )
 from tasks_app.services import BulkResult, NewTask, OperatorAction
 
-STATE_FILTERS: dict[str, tuple[str, Q]] = {
-    "idle": ("Idle", Q(status="idle")),
-    "in_progress": ("In progress", Q(status="in_progress", lease_expires_at__gt=LeaseClock())),
-    "expired": ("Lease expired", Q(status="in_progress", lease_expires_at__lte=LeaseClock())),
-    "done": ("Done", Q(status="done")),
-    "failed_retry": ("Failed, will retry", Q(status="failed", retries_left__gt=0)),
-    "failed_for_good": ("Failed for good", Q(status="failed", retries_left=0)),
-}
+STATE_FILTERS: dict[str, tuple[str, Q]] = {c.name: (c.label, c.q) for c in CATEGORIES}
 
 
 class StateFilter(admin.SimpleListFilter):
@@ -190,7 +183,7 @@ class TaskAdmin(admin.ModelAdmin):
             .get_queryset(request)
             .annotate(
                 lease_is_expired=ExpressionWrapper(
-                    Q(status="in_progress", lease_expires_at__lte=LeaseClock()),
+                    CATEGORY["expired"].q,
                     output_field=BooleanField(),
                 )
             )

@@ -25,7 +25,8 @@ from django.db import connection, transaction
 from psycopg import sql as psycopg_sql
 
 from taskq_project.ids import id_problem
-from tasks_app import sql
+from tasks_app import lease
+from tasks_app.lease import NOW
 from tasks_app.models import (
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
@@ -33,7 +34,6 @@ from tasks_app.models import (
     RESERVED_TASK_IDS,
     TaskStatus,
 )
-from tasks_app.sql import NOW
 
 COLUMNS = ("id", "namespace_id", "timeout", "retries_left", "status")
 FORMATS = ("csv", "jsonl")
@@ -267,14 +267,22 @@ def _given_columns(relation: str) -> str:
 
 
 # Existing tasks get the columns the file gives (a NULL is "not given"); the
-# derived lease columns follow the new state, and a task under a lease is left
-# alone, as the API would.
+# derived lease columns follow the new state, a task that was waiting keeps
+# its turn, and a task under a lease is left alone, as the API would (the
+# `import_update` transition of tasks_app.lease).
 #
 # A row that would change nothing is not written: re-importing an export
 # keeps every updated_at (and lease token) as it was, and costs no dead
 # tuples. Such rows are counted apart, from the same snapshot; the UPDATE's
 # own conditions read each row's latest version, so a task captured since the
 # snapshot is still left alone.
+_IMPORTED = lease.derived(
+    "coalesce(g.status, t.status)",
+    "coalesce(g.retries_left, t.retries_left)",
+    queued=lease.queued_at("import_update"),
+    expires=f"{NOW} + make_interval(secs => coalesce(g.timeout, t.timeout))",
+)
+_UPDATABLE = lease.any_of(lease.TRANSITIONS["import_update"].sources, "t.")
 _UPDATE_EXISTING = f"""
 WITH given AS (
     SELECT s.id,
@@ -293,52 +301,36 @@ WITH given AS (
         -- No lease is running here; an earlier holder's token must not
         -- come to name one the file starts.
         lease_token = NULL,
-        available_at = CASE
-            WHEN coalesce(g.status, t.status) = 'idle'
-                THEN CASE WHEN t.status = 'idle' THEN t.available_at
-                          ELSE {NOW} END
-            WHEN coalesce(g.status, t.status) = 'failed'
-                 AND coalesce(g.retries_left, t.retries_left) > 0
-                THEN coalesce(t.available_at, {NOW})
-            WHEN coalesce(g.status, t.status) = 'in_progress'
-                 AND coalesce(g.retries_left, t.retries_left) > 0
-                THEN {NOW}
-                     + make_interval(secs => coalesce(g.timeout, t.timeout))
-        END,
-        lease_expires_at = CASE
-            WHEN coalesce(g.status, t.status) = 'in_progress'
-                THEN {NOW}
-                     + make_interval(secs => coalesce(g.timeout, t.timeout))
-        END
+        {_IMPORTED.assignments}
     FROM given AS g
-    WHERE t.id = g.id AND t.status <> 'in_progress'
+    WHERE t.id = g.id AND ({_UPDATABLE})
       AND {_given_columns("IS DISTINCT FROM")}
     RETURNING t.id
 ), unchanged AS (
     SELECT 1
     FROM given AS g JOIN tasks_app_task AS t ON t.id = g.id
-    WHERE t.status <> 'in_progress' AND {_given_columns("IS NOT DISTINCT FROM")}
+    WHERE ({_UPDATABLE}) AND {_given_columns("IS NOT DISTINCT FROM")}
 ), deleted AS (
     DELETE FROM taskq_import AS s USING changed AS c WHERE s.id = c.id RETURNING s.id
 )
 SELECT (SELECT count(*) FROM deleted), (SELECT count(*) FROM unchanged)
 """
 
-# New tasks, FIFO in file order (stamped by line, see sql.REGISTER), inserted
+# New tasks, FIFO in file order (stamped by line, see lease.REGISTER), inserted
 # in id order like every registration, so an import and a registration of
 # overlapping ids never deadlock.
 _INSERT = f"""
 WITH inserted AS (
-    {sql.INSERT_NEW_TASKS}
+    {lease.INSERT_NEW_TASKS}
     FROM (
         SELECT s.id, coalesce(s.namespace_id, %(namespace)s) AS namespace_id,
                coalesce(s.timeout::int, {DEFAULT_TIMEOUT}) AS timeout,
                coalesce(s.retries_left::int, {DEFAULT_RETRIES}) AS retries_left,
                coalesce(s.status, 'idle') AS status,
-               {sql.stamp("s.line", "(SELECT max(line) FROM taskq_import)")} AS ts
+               {lease.stamp("s.line", "(SELECT max(line) FROM taskq_import)")} AS ts
         FROM taskq_import AS s
     ) AS v
-    {sql.INSERT_IN_ID_ORDER}
+    {lease.INSERT_IN_ID_ORDER}
     ON CONFLICT (id) DO NOTHING
     RETURNING 1
 )

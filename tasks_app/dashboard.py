@@ -15,31 +15,24 @@ from typing import Any
 from django.db import connection
 
 from namespaces_app.models import Namespace
-from tasks_app.sql import NOW
+from tasks_app import lease
+from tasks_app.lease import NOW
 
 # Above this many rows (by the planner's estimate), a count is estimated
 # rather than counted.
 EXACT_COUNT_LIMIT = 100_000
 CHART_MINUTES = 60
 
-CATEGORIES = ("idle", "in_progress", "expired", "done", "failed_retry", "failed_for_good")
-CATEGORY_LABELS = {
-    "idle": "Idle",
-    "in_progress": "In progress",
-    "expired": "Lease expired",
-    "done": "Done",
-    "failed_retry": "Failed, will retry",
-    "failed_for_good": "Failed for good",
-}
+CATEGORIES = tuple(category.name for category in lease.CATEGORIES)
+CATEGORY_LABELS = {category.name: category.label for category in lease.CATEGORIES}
 
-# Each category's rows, as a WHERE clause served by one partial index.
+# Each category's rows (tasks_app.lease), as a WHERE clause served by one
+# partial index: idle tasks are counted from the capture index, whose
+# condition the planner must see implied.
 _CATEGORY_WHERE = {
-    "idle": "available_at IS NOT NULL AND status = 'idle'",
-    "failed_retry": "status = 'failed' AND retries_left > 0",
-    "in_progress": f"status = 'in_progress' AND lease_expires_at > {NOW}",
-    "expired": f"status = 'in_progress' AND lease_expires_at <= {NOW}",
-    "done": "status = 'done'",
-    "failed_for_good": "status = 'failed' AND retries_left = 0",
+    category.name: ("available_at IS NOT NULL AND " if category.name == "idle" else "")
+    + category.where()
+    for category in lease.CATEGORIES
 }
 
 

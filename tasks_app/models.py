@@ -4,7 +4,7 @@ from django.db.models.functions import Now
 
 from namespaces_app.models import Namespace
 from taskq_project.ids import MAX_ID_LENGTH
-from tasks_app.sql import NOW
+from tasks_app.lease import CATEGORY, STATE_CONSISTENT, TaskStatus
 
 # PostgreSQL `integer` bounds: values beyond them are refused at the edge
 # instead of overflowing in the database.
@@ -15,42 +15,21 @@ DEFAULT_RETRIES = 3
 RESERVED_TASK_IDS = frozenset({"capture", "release", "extend"})
 
 
-class TaskStatus(models.TextChoices):
-    IDLE = "idle"
-    IN_PROGRESS = "in_progress"
-    DONE = "done"
-    FAILED = "failed"
-
-
-class LeaseClock(models.Func):
-    """The clock of every lease decision (tasks_app.sql.NOW), in ORM filters."""
-
-    template = NOW
-    output_field = models.DateTimeField()
-
-
 class TaskQuerySet(models.QuerySet["Task"]):
     def expired(self) -> "TaskQuerySet":
         """In-progress tasks whose lease has run out (served by `task_lease_expiry_idx`)."""
-        return self.filter(status=TaskStatus.IN_PROGRESS, lease_expires_at__lte=LeaseClock())
+        return self.filter(CATEGORY["expired"].q)
 
 
 class Task(models.Model):
     """A unit of work that workers lease, finish or fail.
 
-    Two derived columns keep the hot paths to one index range scan each, in the
-    manner of River's `scheduled_at` and Oban's `scheduled_at` + state:
-
-    - `available_at`: when the task becomes capturable, NULL when it never will
-      (done, failed for good, or leased with no retry left to pay for a
-      re-lease). Idle: its registration (FIFO) or the moment it was handed
-      back; failed with retries left: when it failed; in progress with retries
-      left: when its lease expires.
-    - `lease_expires_at`: set exactly while the task is in progress.
-
-    The CHECK constraint `task_state_consistent` ties them to `status` and
-    `retries_left`, so no code path (SQL, ORM, admin) can store a task that the
-    capture query would treat differently from what its status says.
+    Its states, and the derived columns `available_at` (when it becomes
+    capturable) and `lease_expires_at` (set exactly while it is in progress),
+    are those of `tasks_app.lease.STATES`; the CHECK constraint
+    `task_state_consistent` is built from them, so no code path (SQL, ORM,
+    admin) can store a task that capture would treat otherwise than its
+    status says.
     """
 
     # The C collation orders ids byte by byte, so the primary key itself serves
@@ -139,45 +118,7 @@ class Task(models.Model):
                 condition=Q(retries_left__gte=0, retries_left__lte=MAX_INT),
                 name="task_retries_left_range",
             ),
-            models.CheckConstraint(
-                condition=(
-                    Q(
-                        status=TaskStatus.IDLE,
-                        available_at__isnull=False,
-                        lease_expires_at__isnull=True,
-                    )
-                    | Q(
-                        status=TaskStatus.IN_PROGRESS,
-                        lease_expires_at__isnull=False,
-                        retries_left__gt=0,
-                        available_at=models.F("lease_expires_at"),
-                    )
-                    | Q(
-                        status=TaskStatus.IN_PROGRESS,
-                        lease_expires_at__isnull=False,
-                        retries_left=0,
-                        available_at__isnull=True,
-                    )
-                    | Q(
-                        status=TaskStatus.DONE,
-                        available_at__isnull=True,
-                        lease_expires_at__isnull=True,
-                    )
-                    | Q(
-                        status=TaskStatus.FAILED,
-                        retries_left__gt=0,
-                        available_at__isnull=False,
-                        lease_expires_at__isnull=True,
-                    )
-                    | Q(
-                        status=TaskStatus.FAILED,
-                        retries_left=0,
-                        available_at__isnull=True,
-                        lease_expires_at__isnull=True,
-                    )
-                ),
-                name="task_state_consistent",
-            ),
+            models.CheckConstraint(condition=STATE_CONSISTENT, name="task_state_consistent"),
         ]
 
     def __str__(self) -> str:

@@ -1,7 +1,7 @@
 """Operations on tasks: registration, capture, release, deletion.
 
 Every operation owns its transaction and keeps it to the statements that need
-it; the lease decisions are taken by the statements in `tasks_app.sql` on the
+it; the lease decisions are taken by the statements in `tasks_app.lease` on the
 database clock.
 """
 
@@ -18,7 +18,7 @@ from django.db.models import QuerySet
 from namespaces_app.exceptions import NamespaceNotFound
 from namespaces_app.models import Namespace
 from namespaces_app.services import Scope, in_scope
-from tasks_app import sql
+from tasks_app import lease
 from tasks_app.exceptions import TaskAlreadyExists, TaskNotFound, UnknownNamespaceForTask
 from tasks_app.models import (
     DEFAULT_RETRIES,
@@ -123,14 +123,14 @@ def register_tasks(*, tasks: Sequence[NewTask], scope: Scope = None) -> list[Tas
     namespace_ids = list(dict.fromkeys(task.namespace_id for task in tasks))
     with transaction.atomic():
         with connection.cursor() as cursor:
-            cursor.execute(sql.LOCK_NAMESPACES, {"ids": namespace_ids})
+            cursor.execute(lease.LOCK_NAMESPACES, {"ids": namespace_ids})
             known = {row[0] for row in cursor.fetchall()}
         for namespace_id in namespace_ids:
             # Outside the token's namespaces is the same as not registered.
             if namespace_id not in known or not in_scope(namespace_id, scope):
                 raise UnknownNamespaceForTask(namespace_id)
         rows = _fetch_rows(
-            sql.REGISTER,
+            lease.REGISTER,
             {
                 "ids": [task.id for task in tasks],
                 "namespace_ids": [task.namespace_id for task in tasks],
@@ -164,7 +164,7 @@ def capture_tasks(*, namespace_id: str, limit: int, scope: Scope = None) -> list
     if not in_scope(namespace_id, scope):
         raise NamespaceNotFound(namespace_id)
     with connection.cursor() as cursor:
-        cursor.execute(sql.CAPTURE, {"namespace_id": namespace_id, "limit": limit})
+        cursor.execute(lease.CAPTURE, {"namespace_id": namespace_id, "limit": limit})
         rows = [LeaseRow(*row) for row in cursor.fetchall()]
     if not rows and not Namespace.objects.filter(pk=namespace_id).exists():
         raise NamespaceNotFound(namespace_id)
@@ -182,7 +182,7 @@ def release_tasks(
 
     Give exactly one of `task_ids` (the seed's form: whichever lease each task
     is under) or `leases` (fenced: only the lease each token names, see
-    `sql._FENCE`). Every other id changes nothing and is reported with its
+    `lease._FENCE`). Every other id changes nothing and is reported with its
     code: not registered (or outside `scope`), not in progress, or a stale
     lease. Released tasks come back in the order given; a repeated id counts
     once (the first token given for it).
@@ -192,7 +192,7 @@ def release_tasks(
     ids, tokens = _fence_arguments(task_ids, leases)
     with connection.cursor() as cursor:
         cursor.execute(
-            sql.RELEASE,
+            lease.RELEASE,
             {"ids": ids, "tokens": tokens, "status": str(status), "scope": _scope(scope)},
         )
         answers = cursor.fetchall()
@@ -219,7 +219,7 @@ def extend_leases(
     ids, tokens = _fence_arguments(None, leases)
     with connection.cursor() as cursor:
         cursor.execute(
-            sql.EXTEND, {"ids": ids, "tokens": tokens, "timeout": timeout, "scope": _scope(scope)}
+            lease.EXTEND, {"ids": ids, "tokens": tokens, "timeout": timeout, "scope": _scope(scope)}
         )
         answers = cursor.fetchall()
     extended, errors = _fence_outcome(ids, answers, LeaseRow)
@@ -236,8 +236,8 @@ def _fence_arguments(
         assert task_ids is not None
         return list(dict.fromkeys(task_ids)), None
     first: dict[str, str] = {}
-    for lease in leases:
-        first.setdefault(lease.id, lease.lease_token)
+    for given in leases:
+        first.setdefault(given.id, given.lease_token)
     return list(first), list(first.values())
 
 
@@ -310,10 +310,10 @@ class OperatorAction(StrEnum):
 
 
 _ACTION_SQL = {
-    OperatorAction.REQUEUE: sql.REQUEUE,
-    OperatorAction.CANCEL_LEASE: sql.CANCEL_LEASE,
-    OperatorAction.MARK_DONE: sql.MARK_DONE,
-    OperatorAction.MARK_FAILED: sql.MARK_FAILED,
+    OperatorAction.REQUEUE: lease.REQUEUE,
+    OperatorAction.CANCEL_LEASE: lease.CANCEL_LEASE,
+    OperatorAction.MARK_DONE: lease.MARK_DONE,
+    OperatorAction.MARK_FAILED: lease.MARK_FAILED,
 }
 
 
@@ -356,7 +356,7 @@ def apply_operator_action(
     """Apply an operator action to at most OPERATOR_BATCH tasks, in one statement.
 
     The lease rules hold as for workers: the rows are locked in id order and
-    each is moved only from the states the action allows (see `tasks_app.sql`);
+    each is moved only from the states the action allows (see `tasks_app.lease`);
     the others are counted in `skipped` with the reason.
     """
     if len(task_ids) > OPERATOR_BATCH:
@@ -379,7 +379,7 @@ def apply_operator_action(
         result.changed = len(changed)
         skipped = [task_id for task_id in ids if task_id not in changed]
         if skipped:
-            cursor.execute(sql.DESCRIBE_SKIPPED, {"ids": skipped})
+            cursor.execute(lease.DESCRIBE_SKIPPED, {"ids": skipped})
             rows = cursor.fetchall()
             for _, status, validly_leased in rows:
                 result.skipped[_skip_reason(action, status, validly_leased)] += 1

@@ -13,9 +13,9 @@ from django.db import connection
 from django.utils import timezone
 
 from namespaces_app.models import Namespace
-from tasks_app import sql
+from tasks_app import lease
+from tasks_app.lease import NOW
 from tasks_app.models import SweepRecord
-from tasks_app.sql import NOW
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def reclaim_expired_leases(*, batch_size: int = SWEEP_BATCH) -> ReclaimResult:
     retryable = failed_for_good = batches = 0
     while True:
         with connection.cursor() as cursor:
-            cursor.execute(sql.RECLAIM_EXPIRED, {"batch": batch_size})
+            cursor.execute(lease.RECLAIM_EXPIRED, {"batch": batch_size})
             outcomes = [row[0] for row in cursor.fetchall()]
         batches += 1
         retryable += sum(outcomes)
@@ -54,7 +54,7 @@ def reclaim_expired_leases(*, batch_size: int = SWEEP_BATCH) -> ReclaimResult:
         if len(outcomes) < batch_size:
             break
     with connection.cursor() as cursor:
-        cursor.execute(sql.PURGE_THROUGHPUT)
+        cursor.execute(lease.PURGE_THROUGHPUT)
     result = ReclaimResult(
         reclaimed=retryable + failed_for_good,
         retryable=retryable,
@@ -93,7 +93,7 @@ def purge_done_tasks(
         while True:
             with connection.cursor() as cursor:
                 cursor.execute(
-                    sql.PURGE_DONE,
+                    lease.PURGE_DONE,
                     {"namespace_id": namespace_id, "cutoff": cutoff, "batch": batch_size},
                 )
                 count = cursor.rowcount
@@ -109,7 +109,7 @@ def _record(name: str, *, affected: int, detail: dict[str, object]) -> None:
     # An upsert, not update_or_create: two sweeps finishing at once must not
     # race to insert the first record.
     with connection.cursor() as cursor:
-        cursor.execute(sql.RECORD_RUN, [name, affected, json.dumps(detail)])
+        cursor.execute(lease.RECORD_RUN, [name, affected, json.dumps(detail)])
 
 
 def last_run(name: str) -> SweepRecord | None:

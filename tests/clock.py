@@ -1,6 +1,6 @@
 """The lease clock under a test's control: frozen, and moved, without sleeping.
 
-Every lease decision reads one clock (tasks_app.sql.NOW), which a session
+Every lease decision reads one clock (tasks_app.lease.NOW), which a session
 may freeze with the `taskq.frozen_at` setting. Tests freeze the
 connection they and the in-process API share, so expiry is tested at its
 exact boundary, to the microsecond.
@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 from django.db import connection
 
-from tasks_app.sql import NOW
+from tasks_app.lease import NOW
 
 
 class Clock:

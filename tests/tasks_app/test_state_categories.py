@@ -1,10 +1,11 @@
 """The states operators see, in the dashboard and the admin's filter, agree.
 
-Both split tasks into the same six states (a lease can be expired, a failure
-final); each is written once per place, for its own index or ORM query, so
-this test holds them to each other: the same names and labels, and over a
-task in every state (a lease ending exactly now among them, on the frozen
-clock), the same tasks in each state, every task in exactly one.
+Both take the six states (a lease can be expired, a failure final) from
+tasks_app.lease.CATEGORIES, the dashboard as SQL for its own indexes and the
+admin as ORM filters; this test holds them to each other: the same names and
+labels, and over a task in every state (a lease ending exactly now among
+them, on the frozen clock), the same tasks in each state, every task in
+exactly one.
 """
 
 from datetime import timedelta

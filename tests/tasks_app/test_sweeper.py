@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from django.db import connection, connections, transaction
 
-from tasks_app import sql
+from tasks_app import lease
 from tasks_app.services import capture_tasks, release_tasks
 from tasks_app.sweeper import purge_done_tasks, reclaim_expired_leases
 from tests.factories import age_task, make_namespace, make_task, make_tasks, task_state
@@ -128,7 +128,7 @@ class TestReclaimConcurrency:
         def slow_sweep() -> None:
             try:
                 with transaction.atomic(), connection.cursor() as cursor:
-                    cursor.execute(sql.RECLAIM_EXPIRED, {"batch": 10_000})
+                    cursor.execute(lease.RECLAIM_EXPIRED, {"batch": 10_000})
                     sweep_locked.set()
                     release_sweep.wait(10)
             finally:

@@ -5,7 +5,7 @@ import re
 import pytest
 from django.db import IntegrityError, connection, transaction
 
-from tasks_app import sql
+from tasks_app import lease
 from tasks_app.models import Task
 from tasks_app.services import capture_tasks, release_tasks
 from tests.factories import make_namespace, make_tasks
@@ -26,7 +26,7 @@ def test_capture_is_one_range_scan_of_the_partial_index_however_many_tasks_are_d
     make_tasks("ns", 50, prefix="i")
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE tasks_app_task")
-    plan = explain(sql.CAPTURE, {"namespace_id": "ns", "limit": 10})
+    plan = explain(lease.CAPTURE, {"namespace_id": "ns", "limit": 10})
     assert "task_capture_idx" in plan
     assert "Seq Scan" not in plan
     # The picked rows are a CTE of their own, evaluated once, so LIMIT holds.
@@ -44,7 +44,7 @@ def test_release_looks_tasks_up_by_id_index():
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE tasks_app_task")
     plan = explain(
-        sql.RELEASE,
+        lease.RELEASE,
         {"ids": ["t000001", "t000002"], "tokens": None, "status": "done", "scope": None},
     )
     assert "Index Scan" in plan
@@ -171,7 +171,7 @@ def test_release_locks_in_id_order_whatever_plan_the_planner_picks():
         cursor.execute("SET LOCAL enable_indexscan = off")
         cursor.execute("SET LOCAL enable_indexonlyscan = off")
         plan = explain(
-            sql.RELEASE,
+            lease.RELEASE,
             {"ids": ["t000009", "t000001"], "tokens": None, "status": "done", "scope": None},
         )
     locked = plan[plan.index("CTE locked") : plan.index("CTE decided")]

@@ -1,7 +1,26 @@
-"""The hot-path statements, in SQL because the ORM would hide what runs.
+"""The lease state machine: a task's states, the transitions between them, and
+the SQL statements that take them.
 
-Each statement is one round trip and its own transaction (autocommit), with
-every time decision taken on the database clock, never the app server's.
+Everything that stores or judges a task's state is derived from the tables in
+this module, so a new state or rule is changed here and nowhere else:
+
+- `STATES`: the consistent combinations of a task's columns. The CHECK
+  constraint `task_state_consistent` (`Task.Meta`) is built from them, and
+  so is every statement's SET of the derived columns (`derived_columns`).
+- `CATEGORIES`: the states as operators see them (a lease can be expired, a
+  failure final). The dashboard counts them and the admin filters by them.
+- `TRANSITIONS`: which categories each operation moves a task out of, into
+  what, and what it charges. The operator actions and the import's update
+  select their rows from them.
+
+tests/tasks_app/test_state_machine.py holds the database to these tables: the
+constraint accepts exactly `STATES`, `CATEGORIES` split every task into
+exactly one, and every operation, applied to a task of every category, changes
+exactly the tasks `TRANSITIONS` says, into the state it says.
+
+The statements follow. Each is one round trip and its own transaction
+(autocommit), with every time decision taken on the database clock, never
+the app server's.
 
 The clock is `NOW`: `statement_timestamp()`, unless the session has frozen
 it with `SET taskq.frozen_at = '...'`, which only tests do (tests/clock.py);
@@ -12,15 +31,283 @@ one statement is capturable by the next. The expression is STABLE, so it can
 bound an index scan; it is written into each statement rather than wrapped
 in a SQL function, whose body PostgreSQL would parse again each time it
 plans a statement that is not prepared.
-
-The derived columns follow the rules in `Task`'s docstring; the CHECK
-constraint `task_state_consistent` rejects any row that breaks them.
 """
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import reduce
+from operator import or_
+from typing import Any, Literal, NamedTuple
+
+from django.db import models
+from django.db.models import F, Q
 
 NOW = (
     "coalesce(nullif(current_setting('taskq.frozen_at', true), '')::timestamptz,"
     " statement_timestamp())"
 )
+
+
+class TaskStatus(models.TextChoices):
+    IDLE = "idle"
+    IN_PROGRESS = "in_progress"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class LeaseClock(models.Func):
+    """The clock of every lease decision (`NOW`), in ORM filters."""
+
+    template = NOW
+    output_field = models.DateTimeField()
+
+
+# --- States ------------------------------------------------------------------------
+
+# Which values of `retries_left` a state holds.
+Retries = Literal["any", "some", "none"]
+# What `available_at` holds: when the task (re)joined its queue, its lease's
+# expiry (a leased task with a retry left is capturable once it expires), or
+# NULL (never capturable: finished, or leased with no retry to pay a re-lease).
+Available = Literal["queued", "lease_expiry", None]
+
+
+@dataclass(frozen=True)
+class State:
+    """One consistent combination of status, retries and the derived columns.
+
+    The two derived columns keep the hot paths to one index range scan each,
+    in the manner of River's and Oban's `scheduled_at`: `available_at` is
+    when the task becomes capturable, `lease_expires_at` is set exactly while
+    it is in progress.
+    """
+
+    status: TaskStatus
+    retries: Retries
+    available: Available
+    leased: bool
+
+
+STATES = (
+    State(TaskStatus.IDLE, "any", "queued", leased=False),
+    State(TaskStatus.IN_PROGRESS, "some", "lease_expiry", leased=True),
+    State(TaskStatus.IN_PROGRESS, "none", None, leased=True),
+    State(TaskStatus.DONE, "any", None, leased=False),
+    State(TaskStatus.FAILED, "some", "queued", leased=False),
+    State(TaskStatus.FAILED, "none", None, leased=False),
+)
+LEASED_STATUSES = tuple(dict.fromkeys(s.status for s in STATES if s.leased))
+
+
+def _retries_lookup(retries: Retries) -> dict[str, int]:
+    return {"any": {}, "some": {"retries_left__gt": 0}, "none": {"retries_left": 0}}[retries]
+
+
+def _state_q(state: State) -> Q:
+    lookups: dict[str, Any] = {"status": state.status, **_retries_lookup(state.retries)}
+    lookups["lease_expires_at__isnull"] = not state.leased
+    lookups["available_at__isnull"] = state.available is None
+    if state.available == "lease_expiry":
+        # Not NULL as well: a CHECK passes when its condition is NULL, which
+        # `available_at = lease_expires_at` is when either is.
+        lookups["available_at"] = F("lease_expires_at")
+    return Q(**lookups)
+
+
+# `Task.Meta`'s CHECK constraint: a row is in exactly one of STATES, so no code
+# path (SQL, ORM, admin) can store a task that capture would treat otherwise
+# than its status says.
+STATE_CONSISTENT = reduce(or_, (_state_q(state) for state in STATES))
+
+
+def _retries_sql(retries: Retries, column: str) -> str | None:
+    return {"any": None, "some": f"{column} > 0", "none": f"{column} = 0"}[retries]
+
+
+class Derived(NamedTuple):
+    """The derived columns' values (SQL) for a task entering a state."""
+
+    available_at: str
+    lease_expires_at: str
+
+    @property
+    def assignments(self) -> str:
+        return f"available_at = {self.available_at}, lease_expires_at = {self.lease_expires_at}"
+
+
+def derived(
+    status: TaskStatus | str, retries: str, *, queued: str = NOW, expires: str = "NULL"
+) -> Derived:
+    """`available_at` and `lease_expires_at` for a task entering `status` with
+    `retries` retries left, as STATES derive them.
+
+    `status` is a known status (the statement's target) or a SQL expression;
+    `queued` is when the task joins its queue, `expires` when a lease it
+    enters ends. Every argument is SQL; in an UPDATE's SET list each reads
+    the row as it was before the update.
+    """
+    values: dict[Available, str | None] = {"queued": queued, "lease_expiry": expires, None: None}
+    return Derived(
+        _column(status, retries, lambda state: values[state.available]),
+        _column(status, retries, lambda state: expires if state.leased else None),
+    )
+
+
+def _column(status: TaskStatus | str, retries: str, value: Callable[[State], str | None]) -> str:
+    if not isinstance(status, TaskStatus):
+        return _case([(f"{status} = '{s}'", _column(s, retries, value)) for s in TaskStatus])
+    states = [s for s in STATES if s.status == status]
+    return _case([(_retries_sql(s.retries, retries), value(s)) for s in states])
+
+
+def _case(branches: list[tuple[str | None, str | None]]) -> str:
+    """A CASE of the branches that give a value, NULL otherwise; no CASE when
+    every branch gives the same value."""
+    values = [value or "NULL" for _, value in branches]
+    if len(set(values)) == 1:
+        return values[0]
+    whens = " ".join(
+        f"WHEN {when} THEN {value}"
+        for (when, _), value in zip(branches, values, strict=True)
+        if value != "NULL"
+    )
+    return f"CASE {whens} END"
+
+
+# --- Categories --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Category:
+    """The tasks of one status (and retries) whose lease, if any, is valid or
+    has expired: what the dashboard counts and the admin filters by."""
+
+    name: str
+    label: str
+    status: TaskStatus
+    retries: Retries = "any"
+    lease: Literal["valid", "expired", None] = None
+
+    def where(self, table: str = "") -> str:
+        """This category's rows as a SQL condition (on the lease clock);
+        `table` qualifies the columns ("t.")."""
+        terms = [f"{table}status = '{self.status}'"]
+        if retry := _retries_sql(self.retries, f"{table}retries_left"):
+            terms.append(retry)
+        if self.lease == "valid":
+            terms.append(f"{table}lease_expires_at > {NOW}")
+        elif self.lease == "expired":
+            terms.append(f"{table}lease_expires_at <= {NOW}")
+        return " AND ".join(terms)
+
+    @property
+    def q(self) -> Q:
+        """This category's rows as an ORM filter (on the lease clock)."""
+        lookups: dict[str, Any] = {"status": self.status, **_retries_lookup(self.retries)}
+        if self.lease == "valid":
+            lookups["lease_expires_at__gt"] = LeaseClock()
+        elif self.lease == "expired":
+            lookups["lease_expires_at__lte"] = LeaseClock()
+        return Q(**lookups)
+
+
+CATEGORIES = (
+    Category("idle", "Idle", TaskStatus.IDLE),
+    Category("in_progress", "In progress", TaskStatus.IN_PROGRESS, lease="valid"),
+    Category("expired", "Lease expired", TaskStatus.IN_PROGRESS, lease="expired"),
+    Category("done", "Done", TaskStatus.DONE),
+    Category("failed_retry", "Failed, will retry", TaskStatus.FAILED, retries="some"),
+    Category("failed_for_good", "Failed for good", TaskStatus.FAILED, retries="none"),
+)
+CATEGORY = {category.name: category for category in CATEGORIES}
+
+
+def any_of(names: tuple[str, ...], table: str = "") -> str:
+    """SQL selecting the tasks of the named categories; a status whose
+    categories are all named is tested by status alone."""
+    whole = [
+        status
+        for status in TaskStatus
+        if all(c.name in names for c in CATEGORIES if c.status == status)
+    ]
+    terms = [f"({CATEGORY[n].where(table)})" for n in names if CATEGORY[n].status not in whole]
+    if whole:
+        terms.insert(0, f"{table}status IN ({', '.join(repr(str(s)) for s in whole)})")
+    return " OR ".join(terms)
+
+
+# --- Transitions -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Transition:
+    """What an operation requires of a task and what it makes of it.
+
+    `sources`: the categories it moves a task out of; every other task is left
+    as it is (and reported: a per-id error, a skipped count). `target`: the
+    status it leaves, None when the caller names it. `charges`: it costs a
+    retry for a task that is not idle, so such a task needs one left.
+    `queued`: where a task it makes capturable joins its queue.
+    """
+
+    sources: tuple[str, ...]
+    target: TaskStatus | None
+    queued: Literal["now", "lease_expiry", "kept", None] = "now"
+    charges: bool = False
+
+
+_LEASED = ("in_progress", "expired")
+_NOT_LEASED = ("idle", "done", "failed_retry", "failed_for_good")
+_WAITING = ("idle", "failed_retry")
+_NOT_LEASED_UNFINISHED = ("idle", "failed_retry", "failed_for_good")
+
+TRANSITIONS = {
+    # A worker leases a capturable task. A task on its first try (idle) is
+    # free; any other (a failure, an expired lease) is a retry.
+    "capture": Transition((*_WAITING, "expired"), TaskStatus.IN_PROGRESS, None, charges=True),
+    # The holder finishes its lease: done, failed (retried at once while it
+    # has retries) or idle (handed back, no retry spent).
+    "release": Transition(_LEASED, None),
+    # The holder's heartbeat: the lease ends later (or sooner), nothing else.
+    "extend": Transition(_LEASED, TaskStatus.IN_PROGRESS, None),
+    # The sweeper ends an expired lease: the task failed, and a retry takes
+    # its turn from when the lease expired. No retry is charged here: the
+    # capture that takes the task again pays, so one expiry is charged once.
+    "expire": Transition(("expired",), TaskStatus.FAILED, "lease_expiry"),
+    # Operators (admin). Ending a lease clears its token, so the holder's
+    # release or extend is refused as stale.
+    "requeue": Transition(("done", "failed_retry", "failed_for_good"), TaskStatus.IDLE),
+    "cancel_lease": Transition(_LEASED, TaskStatus.IDLE),
+    # Never over a valid lease: its worker may still be at it.
+    "mark_done": Transition((*_NOT_LEASED_UNFINISHED, "expired"), TaskStatus.DONE),
+    "mark_failed": Transition(("idle", "done", "expired"), TaskStatus.FAILED),
+    # `import_tasks --on-conflict update`: any state the file gives, never
+    # over a lease; a task that was waiting keeps its turn.
+    "import_update": Transition(_NOT_LEASED, None, "kept"),
+    # A registration (API, admin) or import of a new task, in any status; one
+    # registered in progress is leased from then, as if captured.
+    "register": Transition((), None),
+}
+
+
+# --- Statements --------------------------------------------------------------------
+
+
+def _charge(status: str) -> str:
+    """The retries a capture of a task in `status` costs (SQL)."""
+    assert TRANSITIONS["capture"].charges
+    return f"({status} <> '{TaskStatus.IDLE}')::int"
+
+
+def queued_at(name: str) -> str:
+    """Where a task that transition `name` makes capturable joins its queue."""
+    return {
+        "now": NOW,
+        "lease_expiry": "t.lease_expires_at",
+        "kept": f"coalesce(t.available_at, {NOW})",
+        None: "NULL",
+    }[TRANSITIONS[name].queued]
+
 
 TASK_COLUMNS = (
     "id, namespace_id, timeout, retries_left, updated_at, status, lease_expires_at, attempt"
@@ -61,6 +348,10 @@ _LOG_THROUGHPUT = f"""
 # Capturing anything but an idle task is a retry and costs one. The SET list
 # reads `t`, the row's latest version (PostgreSQL re-reads a row updated since
 # the statement's snapshot), never a value copied out of the snapshot.
+_CAPTURE_RETRIES = f"t.retries_left - {_charge('t.status')}"
+_CAPTURE_DERIVED = derived(
+    TaskStatus.IN_PROGRESS, _CAPTURE_RETRIES, expires=f"{NOW} + make_interval(secs => t.timeout)"
+).assignments
 CAPTURE = f"""
 WITH picked AS MATERIALIZED (
     SELECT id, available_at
@@ -73,13 +364,9 @@ WITH picked AS MATERIALIZED (
 ), leased AS (
     UPDATE tasks_app_task AS t
     SET status = 'in_progress',
-        retries_left = t.retries_left - (t.status <> 'idle')::int,
+        retries_left = {_CAPTURE_RETRIES},
         updated_at = {NOW},
-        lease_expires_at = {NOW} + make_interval(secs => t.timeout),
-        available_at = CASE
-            WHEN t.retries_left - (t.status <> 'idle')::int > 0
-                THEN {NOW} + make_interval(secs => t.timeout)
-        END,
+        {_CAPTURE_DERIVED},
         lease_token = gen_random_uuid(),
         attempt = t.attempt + 1
     FROM picked
@@ -174,11 +461,7 @@ RELEASE = f"""
     UPDATE tasks_app_task AS t
     SET status = %(status)s::text,
         updated_at = {NOW},
-        lease_expires_at = NULL,
-        available_at = CASE
-            WHEN %(status)s::text = 'idle' THEN {NOW}
-            WHEN %(status)s::text = 'failed' AND t.retries_left > 0 THEN {NOW}
-        END
+        {derived("%(status)s::text", "t.retries_left").assignments}
     FROM decided
     WHERE t.id = decided.id AND decided.problem IS NULL
     RETURNING {_T_COLUMNS}
@@ -192,14 +475,12 @@ RELEASE = f"""
 # later. `available_at` follows `lease_expires_at` while a retry is left, as
 # the CHECK constraint requires, so capture and the sweeper see the new
 # expiry at once.
+_EXTENDED = f"{NOW} + make_interval(secs => coalesce(%(timeout)s::int, t.timeout))"
 EXTEND = f"""
 {_FENCE}, extended AS (
     UPDATE tasks_app_task AS t
     SET updated_at = {NOW},
-        lease_expires_at = {NOW}
-            + make_interval(secs => coalesce(%(timeout)s::int, t.timeout)),
-        available_at = CASE WHEN t.retries_left > 0 THEN {NOW}
-            + make_interval(secs => coalesce(%(timeout)s::int, t.timeout)) END
+        {derived(TaskStatus.IN_PROGRESS, "t.retries_left", expires=_EXTENDED).assignments}
     FROM decided
     WHERE t.id = decided.id AND decided.problem IS NULL
     RETURNING {_T_COLUMNS}, t.lease_token::text AS lease_token
@@ -218,19 +499,15 @@ EXTEND = f"""
 # INSERT_NEW_TASKS takes its rows from a relation `v` (id, namespace_id,
 # timeout, retries_left, status, ts) and derives the lease columns for the
 # state each task starts in; bulk import shares it.
-INSERT_NEW_TASKS = """
+_REGISTERED = derived(
+    "v.status", "v.retries_left", queued="v.ts", expires="v.ts + make_interval(secs => v.timeout)"
+)
+INSERT_NEW_TASKS = f"""
 INSERT INTO tasks_app_task
     (id, namespace_id, timeout, retries_left, status,
      created_at, updated_at, available_at, lease_expires_at)
 SELECT v.id, v.namespace_id, v.timeout, v.retries_left, v.status,
-       v.ts, v.ts,
-       CASE
-           WHEN v.status = 'idle' THEN v.ts
-           WHEN v.status = 'failed' AND v.retries_left > 0 THEN v.ts
-           WHEN v.status = 'in_progress' AND v.retries_left > 0
-               THEN v.ts + make_interval(secs => v.timeout)
-       END,
-       CASE WHEN v.status = 'in_progress' THEN v.ts + make_interval(secs => v.timeout) END
+       v.ts, v.ts, {_REGISTERED.available_at}, {_REGISTERED.lease_expires_at}
 """
 
 # Rows are inserted in id order (the primary key's C collation), whatever
@@ -285,7 +562,7 @@ RECLAIM_EXPIRED = f"""
 WITH expired AS MATERIALIZED (
     SELECT id
     FROM tasks_app_task
-    WHERE status = 'in_progress' AND lease_expires_at <= {NOW}
+    WHERE {CATEGORY["expired"].where()}
     ORDER BY lease_expires_at
     LIMIT %(batch)s
     FOR UPDATE SKIP LOCKED
@@ -293,8 +570,7 @@ WITH expired AS MATERIALIZED (
     UPDATE tasks_app_task AS t
     SET status = 'failed',
         updated_at = {NOW},
-        available_at = CASE WHEN t.retries_left > 0 THEN t.lease_expires_at END,
-        lease_expires_at = NULL
+        {derived(TaskStatus.FAILED, "t.retries_left", queued=queued_at("expire")).assignments}
     FROM expired
     WHERE t.id = expired.id
     RETURNING t.namespace_id, t.status, t.retries_left
@@ -352,15 +628,20 @@ WITH target AS (
 SELECT id FROM changed
 """
 
-_EXPIRED = f"status = 'in_progress' AND lease_expires_at <= {NOW}"
 # An operator ending a lease clears its token, so the holder's release or
 # extend is refused as stale rather than taken for its own.
-_FINISHED = f"lease_expires_at = NULL, lease_token = NULL, updated_at = {NOW}"
+_FINISHED = f"lease_token = NULL, updated_at = {NOW}"
 
 
-def _operator_action(condition: str, assignments: str) -> str:
+def _operator_action(name: str, *, retries: str = "t.retries_left", extra: str = "") -> str:
+    transition = TRANSITIONS[name]
+    assert transition.target is not None
+    assignments = (
+        f"status = '{transition.target}', {_FINISHED}{extra}, "
+        + derived(transition.target, retries, queued=queued_at(name)).assignments
+    )
     return _OPERATOR_ACTION.format(
-        condition=condition,
+        condition=any_of(transition.sources),
         assignments=assignments,
         log=_LOG_THROUGHPUT.format(source="changed"),
     )
@@ -368,29 +649,20 @@ def _operator_action(condition: str, assignments: str) -> str:
 
 # Back to idle from done or failed; %(retries)s, when not NULL, resets retries.
 REQUEUE = _operator_action(
-    "status IN ('done', 'failed')",
-    f"status = 'idle', available_at = {NOW}, {_FINISHED}, "
-    "retries_left = COALESCE(%(retries)s, t.retries_left)",
+    "requeue",
+    retries="COALESCE(%(retries)s, t.retries_left)",
+    extra=", retries_left = COALESCE(%(retries)s, t.retries_left)",
 )
 # End a lease (valid or expired) and hand the task back, no retry charged.
-CANCEL_LEASE = _operator_action(
-    "status = 'in_progress'",
-    f"status = 'idle', available_at = {NOW}, {_FINISHED}",
-)
+CANCEL_LEASE = _operator_action("cancel_lease")
 # Done for good; never over a valid lease (its worker may still be at it).
-MARK_DONE = _operator_action(
-    f"status IN ('idle', 'failed') OR ({_EXPIRED})",
-    f"status = 'done', available_at = NULL, {_FINISHED}",
-)
+MARK_DONE = _operator_action("mark_done")
 # Failed, as a worker's release would: retried while retries are left.
-MARK_FAILED = _operator_action(
-    f"status IN ('idle', 'done') OR ({_EXPIRED})",
-    f"status = 'failed', available_at = CASE WHEN t.retries_left > 0 THEN {NOW} END, {_FINISHED}",
-)
+MARK_FAILED = _operator_action("mark_failed")
 
 # Why the ids an operator action did not change were skipped.
 DESCRIBE_SKIPPED = f"""
-SELECT id, status, status = 'in_progress' AND lease_expires_at > {NOW}
+SELECT id, status, {CATEGORY["in_progress"].where()}
 FROM tasks_app_task
 WHERE id = ANY(%(ids)s)
 """
