@@ -26,13 +26,15 @@ server).
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 import time
 from collections.abc import Sequence
 
 from bench.common import (
+    LOAD_DONE_TASKS,
+    LOAD_IDLE_TASKS,
+    argument_parser,
     bench_database,
     machine_description,
     percentile,
@@ -40,21 +42,13 @@ from bench.common import (
     setup_django,
 )
 
-# The busy namespace's idle tasks are loaded as the sweep benchmark's probe's.
-from bench.sweep import LOAD_IDLE_TASKS
-
 BENCH_DB = "taskq_churn"
 NAMESPACE = "bench-churn"
+HISTORY_NAMESPACE = "bench-history"
 CAPTURE_LIMIT = 10
 
-LOAD_DONE_TASKS = """
-INSERT INTO tasks_app_task (id, namespace_id, timeout, retries_left, status)
-SELECT 'done-' || lpad(g::text, 8, '0'), 'bench-history', 300, 0, 'done'
-FROM generate_series(1, %(rows)s) AS g
-"""
 
-
-# The capture's own range scan (sql.CAPTURE's CTE without the row locks).
+# The capture's own range scan (lease.CAPTURE's CTE without the row locks).
 SCAN = """
 EXPLAIN (ANALYZE, BUFFERS, COSTS OFF)
 SELECT id FROM tasks_app_task
@@ -85,9 +79,7 @@ def vacuums() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.churn", description=__doc__.split("\n")[0]
-    )
+    parser = argument_parser("bench.churn", __doc__)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--window", type=float, default=10.0)
     parser.add_argument("--tasks", type=int, default=50_000)
@@ -119,8 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             cursor.execute("SELECT reloptions FROM pg_class WHERE relname = 'tasks_app_task'")
             (options,) = cursor.fetchone()  # type: ignore[misc]
             Namespace.objects.create(id=NAMESPACE)
-            Namespace.objects.create(id="bench-history")
-            cursor.execute(LOAD_DONE_TASKS, {"rows": args.done_tasks})
+            Namespace.objects.create(id=HISTORY_NAMESPACE)
+            cursor.execute(
+                LOAD_DONE_TASKS, {"namespace_id": HISTORY_NAMESPACE, "rows": args.done_tasks}
+            )
             cursor.execute(LOAD_IDLE_TASKS, {"namespace_id": NAMESPACE, "rows": args.tasks})
             cursor.execute("VACUUM ANALYZE tasks_app_task")
         print(

@@ -1,17 +1,36 @@
-"""What the benchmarks share: Django set-up, a throwaway database, figures and tables.
+"""What the benchmarks share: set-up, a throwaway database, load processes, figures and tables.
+
+Each benchmark keeps only what it measures; everything that surrounds the
+measurement (Django, the database of its own, the server under load, the
+threads that watch the server, the description of the machine and the
+tables of results) lives here, once.
 
 Import nothing from Django at module level here: `setup_django()` must run
-first, and it sets the environment that the settings read.
+first, and it sets the environment that the settings read. Processes that
+the benchmarks spawn import this module too.
 """
 
 from __future__ import annotations
 
+import argparse
+import io
 import logging
 import math
 import os
+import signal
+import socket
 import subprocess
-from collections.abc import Iterator, Sequence
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Self
+
+if TYPE_CHECKING:
+    import psycopg
 
 # The settings give every session `statement_timeout=30s`; a benchmark's bulk
 # load or VACUUM of millions of rows may take longer than that.
@@ -22,8 +41,20 @@ STATEMENT_TIMEOUT_ENV = "TASKQ_DB_STATEMENT_TIMEOUT_MS"
 _ORIGINAL_ENVIRON = dict(os.environ)
 
 
-def setup_django() -> None:
-    os.environ[STATEMENT_TIMEOUT_ENV] = "0"
+# --- Set-up ---------------------------------------------------------------------------
+
+
+def setup_django(*, keep_statement_timeout: bool = False) -> None:
+    """Configure Django for this process, by default without the settings' statement limit.
+
+    The limit is lifted through the environment, so the processes this one
+    spawns inherit the choice. A benchmark that measures a product path under
+    the limit it has in production passes `keep_statement_timeout=True` (in
+    every process of its own) and lifts the limit only around its loads, with
+    `no_statement_timeout()`.
+    """
+    if not keep_statement_timeout:
+        os.environ[STATEMENT_TIMEOUT_ENV] = "0"
     # django-axes logs its start and every login at INFO: noise between the figures.
     logging.getLogger("axes").setLevel(logging.WARNING)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "taskq_project.settings")
@@ -32,9 +63,21 @@ def setup_django() -> None:
     django.setup()
 
 
-def original_environ() -> dict[str, str]:
-    """A copy of the environment this process started with (no lifted statement limit)."""
-    return dict(_ORIGINAL_ENVIRON)
+def line_buffered_stdout() -> None:
+    """Progress lines and the product's log (stderr) in the order they happen, even in a file."""
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
+
+
+def argument_parser(module: str, doc: str) -> argparse.ArgumentParser:
+    """The benchmark's options parser, named as it is run, described by its docstring's summary."""
+    return argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n")[0])
+
+
+def add_database_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    """`--db-name` and `--keep`, for the benchmarks whose database is worth looking at after."""
+    parser.add_argument("--db-name", default=default, help="the benchmark's own database")
+    parser.add_argument("--keep", action="store_true", help="keep the database at the end")
 
 
 # --- The benchmark's own database ---------------------------------------------------
@@ -84,7 +127,10 @@ def bench_database(name: str, *, keep: bool = False) -> Iterator[None]:
     _drop_and_create(name, create=True)
     use_database(name)
     try:
-        call_command("migrate", verbosity=0)
+        # Under the limit kept for a product path, a migration must not be
+        # what fails.
+        with no_statement_timeout():
+            call_command("migrate", verbosity=0)
         yield
     finally:
         use_database(home)
@@ -99,6 +145,247 @@ def database_url() -> str:
     from taskq_project.database_url import database_url as url_of
 
     return url_of(connection.settings_dict)
+
+
+@contextmanager
+def no_statement_timeout() -> Iterator[None]:
+    """Lift the statement limit for this session while the block loads or vacuums.
+
+    For a benchmark that keeps the product's limit (`setup_django(
+    keep_statement_timeout=True)`): a million-row INSERT or VACUUM can take
+    longer than it, while what is measured keeps it, as in production. RESET
+    goes back to the value the connection started with.
+    """
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SET statement_timeout = 0")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET statement_timeout")
+
+
+def connect(url: str, **options: Any) -> psycopg.Connection[Any]:
+    """A psycopg connection outside Django, in autocommit and with no statement limit.
+
+    For load processes that run the product's statements straight in SQL,
+    the floor that the product's own path is compared with: no ORM, no
+    transaction around each statement.
+    """
+    import psycopg
+
+    conn = psycopg.connect(url, autocommit=True, **options)
+    conn.execute("SET statement_timeout = 0")
+    return conn
+
+
+def checkpoint() -> None:
+    """Flush dirty pages now, so that the next measurement does not pay for the last one's."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("CHECKPOINT")
+
+
+def settle() -> None:
+    """Leave the tables as a live, autovacuumed database would be before a measurement.
+
+    VACUUM sets the visibility map (index-only scans need it) and hint bits,
+    and removes what a rolled-back EXPLAIN ANALYZE left, so the measurement
+    does not pay for the load's housekeeping; ANALYZE gives the planner the
+    statistics its estimates come from; the CHECKPOINT flushes the load's
+    dirty pages, so a checkpoint that the load's WAL made due does not land
+    in the measurement.
+    """
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE")
+    checkpoint()
+
+
+# A namespace's idle tasks in FIFO order, registered over the day before:
+# a released task (available again at now()) goes to the back of the
+# queue, so a loop that captures and releases them cycles through them all
+# at a steady state. Straight into the table, one statement: a million rows
+# through the ORM or `register_tasks` would take longer than what is
+# measured. Parameters: namespace_id, rows.
+LOAD_IDLE_TASKS = """
+INSERT INTO tasks_app_task
+    (id, namespace_id, timeout, retries_left, status,
+     created_at, updated_at, available_at, lease_expires_at)
+SELECT 'idle-' || lpad(g::text, 8, '0'), %(namespace_id)s, 300, 3, 'idle', v.at, v.at, v.at, NULL
+FROM generate_series(1, %(rows)s) AS g
+CROSS JOIN LATERAL (
+    SELECT statement_timestamp() - interval '1 day' + g * interval '1 microsecond' AS at
+) AS v
+"""
+
+# History: done tasks that no capture can see, only make the table (and its
+# indexes) larger, as in a table that keeps what it did. Parameters as above.
+LOAD_DONE_TASKS = """
+INSERT INTO tasks_app_task
+    (id, namespace_id, timeout, retries_left, status,
+     created_at, updated_at, available_at, lease_expires_at)
+SELECT 'done-' || lpad(g::text, 8, '0'), %(namespace_id)s, 300, 0, 'done',
+       statement_timestamp() - interval '2 days', statement_timestamp() - interval '2 days',
+       NULL, NULL
+FROM generate_series(1, %(rows)s) AS g
+"""
+
+
+# --- Load processes and what watches them ----------------------------------------------
+
+
+def product_environ(**overrides: str) -> dict[str, str]:
+    """The environment to run the product in, as an operator would, on the database in use now.
+
+    The one this process started with: in particular the settings' statement
+    limit, which `setup_django()` lifted for this process only.
+    """
+    return {**_ORIGINAL_ENVIRON, "DATABASE_URL": database_url(), **overrides}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """gunicorn as `make run` starts it, on the database in use now, until `stop()`."""
+
+    def __init__(self) -> None:
+        from django.conf import settings
+
+        self.port = free_port()
+        env = product_environ(TASKQ_THROTTLE_WORKER="none", GUNICORN_ACCESS_LOG="/dev/null")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                "taskq_project/gunicorn.conf.py",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+            ],
+            cwd=settings.BASE_DIR,
+            env=env,
+            # A process group of its own: stop() ends the master and its workers together.
+            start_new_session=True,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2)
+                return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise SystemExit("gunicorn did not come up")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+
+class Sampler:
+    """Calls `sample()` every `interval` seconds in a thread of its own, while the `with` lasts.
+
+    The thread has its own database connection (Django's are per thread),
+    closed when it ends, and it keeps sampling while the main thread waits on
+    a statement, which releases the GIL. `started()` runs in the thread
+    before the first sample; entering the `with` waits for it, so the
+    measurement never begins before the sampler watches.
+    """
+
+    name = "sampler"
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._started = threading.Event()
+        self._failed = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+
+    def started(self) -> None:
+        """In the sampling thread, before the first sample (e.g. connect, note the backend)."""
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        if not self._started.wait(timeout=60) or self._failed:
+            self._stop.set()
+            raise SystemExit(f"the {self.name} could not connect")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        from django.db import connection  # this thread's own
+
+        try:
+            try:
+                self.started()
+            except BaseException:
+                self._failed = True
+                raise
+            finally:
+                self._started.set()
+            while not self._stop.is_set():
+                self.sample()
+                self._stop.wait(self.interval)
+        finally:
+            connection.close()
+
+
+@dataclass(frozen=True)
+class Executed:
+    sql: str
+    params: Any
+    started: float  # time.perf_counter()
+    ended: float
+
+    @property
+    def ms(self) -> float:
+        return (self.ended - self.started) * 1000
+
+
+@contextmanager
+def recorded_statements() -> Iterator[list[Executed]]:
+    """Every statement the default connection executes in the block, timed, with its parameters.
+
+    An execute wrapper rather than CaptureQueriesContext: it times with
+    perf_counter (CaptureQueriesContext rounds to the millisecond) and keeps
+    the parameters, for an EXPLAIN ANALYZE of the same statement. The code
+    measured runs unchanged. COPY through psycopg's `copy()` passes no
+    wrapper: it is the gap between the statements around it.
+    """
+    from django.db import connection
+
+    statements: list[Executed] = []
+
+    def record(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            statements.append(Executed(sql, params, started, time.perf_counter()))
+
+    with connection.execute_wrapper(record):
+        yield statements
 
 
 # --- Describing the run ---------------------------------------------------------------
@@ -119,8 +406,13 @@ def machine_description() -> list[tuple[str, str]]:
         ("PostgreSQL", str(version)),
         ("server", f"{source}, host {host}, shared_buffers {shared_buffers}"),
         ("code", code_version()),
-        ("load average at start", " ".join(f"{x:.2f}" for x in os.getloadavg())),
+        ("load average at start", load_average()),
     ]
+
+
+def load_average() -> str:
+    """The machine's 1, 5 and 15-minute load averages: how busy it was around the figures."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def code_version() -> str:
@@ -157,6 +449,24 @@ def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(q / 100 * len(ordered)))
     return ordered[rank - 1]
+
+
+class LatencyPercentiles:
+    """The p50 and p99 every latency table shows, in milliseconds, of `latencies` (seconds).
+
+    A mixin for a benchmark's dataclass of one run or window, which holds
+    the `latencies` field.
+    """
+
+    latencies: Sequence[float]
+
+    @property
+    def p50_ms(self) -> float:
+        return percentile(self.latencies, 50) * 1000
+
+    @property
+    def p99_ms(self) -> float:
+        return percentile(self.latencies, 99) * 1000
 
 
 def print_table(

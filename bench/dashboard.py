@@ -30,8 +30,6 @@ namespace under the exact-count limit), `--namespaces 100`, and
 from __future__ import annotations
 
 import argparse
-import io
-import os
 import re
 import sys
 import time
@@ -41,10 +39,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.common import (
+    Executed,
+    add_database_arguments,
+    argument_parser,
     bench_database,
+    line_buffered_stdout,
+    load_average,
     machine_description,
     percentile,
     print_table,
+    recorded_statements,
+    settle,
     setup_django,
     verdict,
 )
@@ -159,7 +164,7 @@ CROSS JOIN LATERAL (
 """
 
 # What workers finished over the last hour: one row per releasing statement
-# and namespace, as `tasks_app.sql` writes them.
+# and namespace, as `tasks_app.lease` writes them.
 LOAD_THROUGHPUT = """
 INSERT INTO tasks_app_throughput (namespace_id, at, done, failed)
 SELECT (%(namespaces)s::text[])[width_bucket(
@@ -216,20 +221,6 @@ def load_tasks(
         )
     settle()
     return time.monotonic() - started
-
-
-def settle() -> None:
-    """Leave the tables as a live, autovacuumed database would be.
-
-    VACUUM sets the visibility map (index-only scans need it) and hint bits;
-    ANALYZE gives the planner the statistics its estimates come from; the
-    CHECKPOINT keeps the load's dirty pages from being flushed mid-measurement.
-    """
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute("VACUUM ANALYZE")
-        cursor.execute("CHECKPOINT")
 
 
 def prepare(throughput_rows: int, layout: Layout) -> Any:
@@ -305,33 +296,10 @@ def get(client: Any, path: str) -> bytes:
 # --- Where the time goes ------------------------------------------------------------
 
 
-@dataclass
-class Statement:
-    sql: str
-    params: Any
-    ms: float
-
-
-def capture_statements(action: Callable[[], object]) -> tuple[float, list[Statement]]:
-    """Run `action`, timing every statement it executes; return (total ms, statements).
-
-    An execute wrapper rather than CaptureQueriesContext: it times with
-    perf_counter (CaptureQueriesContext rounds to the millisecond) and keeps
-    the parameters for an EXPLAIN ANALYZE of the same statement.
-    """
-    from django.db import connection
-
-    statements: list[Statement] = []
-
-    def timed(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return execute(sql, params, many, context)
-        finally:
-            statements.append(Statement(sql, params, (time.perf_counter() - started) * 1000))
-
+def capture_statements(action: Callable[[], object]) -> tuple[float, list[Executed]]:
+    """Run `action`, timing every statement it executes; return (total ms, statements)."""
     started = time.perf_counter()
-    with connection.execute_wrapper(timed):
+    with recorded_statements() as statements:
         action()
     return (time.perf_counter() - started) * 1000, statements
 
@@ -363,13 +331,13 @@ def label(sql: str) -> str:
 ProfileRow = tuple[str, int | str, float, float | str]
 
 
-def profile(client: Any, path: str, runs: int) -> tuple[list[ProfileRow], Statement | None]:
+def profile(client: Any, path: str, runs: int) -> tuple[list[ProfileRow], Executed | None]:
     """Per statement kind: (label, calls per page, median ms per page, max single ms).
 
     Also returns the slowest single statement seen, to EXPLAIN ANALYZE.
     """
     per_run: list[dict[str, list[float]]] = []
-    slowest: Statement | None = None
+    slowest: Executed | None = None
     totals: list[tuple[float, float]] = []
     for _ in range(runs):
         total, statements = capture_statements(lambda: get(client, path))
@@ -400,7 +368,7 @@ def profile(client: Any, path: str, runs: int) -> tuple[list[ProfileRow], Statem
     return rows, slowest
 
 
-def explain(statement: Statement) -> list[str]:
+def explain(statement: Executed) -> list[str]:
     from django.db import connection
 
     with connection.cursor() as cursor:
@@ -459,9 +427,7 @@ def table_mix() -> list[tuple[str, int]]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.dashboard", description=__doc__.split("\n")[0]
-    )
+    parser = argument_parser("bench.dashboard", __doc__)
     parser.add_argument("--rows", type=int, default=1_000_000, help="tasks at the measured point")
     parser.add_argument(
         "--baseline-rows", type=int, default=10_000, help="tasks at the baseline point"
@@ -484,8 +450,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="rows in tasks_app_throughput over the last hour (one per releasing statement)",
     )
     parser.add_argument("--profile-runs", type=int, default=5, help="renders profiled at --rows")
-    parser.add_argument("--db-name", default=BENCH_DB, help="the benchmark's own database")
-    parser.add_argument("--keep", action="store_true", help="keep the database at the end")
+    add_database_arguments(parser, BENCH_DB)
     args = parser.parse_args(argv)
     if not 0 < args.baseline_rows < args.rows:
         parser.error("need 0 < --baseline-rows < --rows")
@@ -502,8 +467,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if isinstance(sys.stdout, io.TextIOWrapper):
-        sys.stdout.reconfigure(line_buffering=True)
+    line_buffered_stdout()
     setup_django()
     with bench_database(args.db_name, keep=args.keep):
         return run(args)
@@ -600,7 +564,7 @@ def run(args: argparse.Namespace) -> int:
         ],
         title="### Targets",
     )
-    print(f"\nLoad average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"\nLoad average at end: {load_average()}")
     return 0 if index_page.p95 < TARGET_MS else 1
 
 

@@ -18,13 +18,15 @@ to read.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
 
 from bench.common import (
+    LOAD_IDLE_TASKS,
+    argument_parser,
     bench_database,
+    connect,
     database_url,
     machine_description,
     percentile,
@@ -74,14 +76,12 @@ FORMS = ("seed", "ids", "leases")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argument_parser("bench.fence", __doc__)
     parser.add_argument("--rounds", type=int, default=300, help="Releases per form and batch.")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 100])
     args = parser.parse_args(argv)
     setup_django()
-    import psycopg
-
-    from tasks_app import sql
+    from tasks_app import lease
 
     with bench_database(DATABASE):
         print_table(["", ""], machine_description(), title="Machine")
@@ -89,31 +89,26 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for batch in args.batches:
             timings: dict[str, list[float]] = {form: [] for form in FORMS}
-            with psycopg.connect(url, autocommit=True, prepare_threshold=0) as conn:
-                conn.execute("SET statement_timeout = 0")
+            with connect(url, prepare_threshold=0) as conn:
                 conn.execute("TRUNCATE tasks_app_task, tasks_app_throughput CASCADE")
                 conn.execute(
                     "INSERT INTO namespaces_app_namespace (id) VALUES (%s) ON CONFLICT DO NOTHING",
                     [NAMESPACE],
                 )
                 conn.execute(
-                    "INSERT INTO tasks_app_task (id, namespace_id, timeout, retries_left, status,"
-                    " created_at, updated_at, available_at)"
-                    " SELECT 't' || lpad(g::text, 8, '0'), %s, 300, 3, 'idle', now(), now(),"
-                    " now() - interval '1 day' + g * interval '1 microsecond'"
-                    " FROM generate_series(1, %s) AS g",
-                    [NAMESPACE, batch * args.rounds * len(FORMS) + batch],
+                    LOAD_IDLE_TASKS,
+                    {"namespace_id": NAMESPACE, "rows": batch * args.rounds * len(FORMS) + batch},
                 )
                 conn.execute("VACUUM ANALYZE tasks_app_task")
                 for round_number in range(args.rounds * len(FORMS)):
                     # Rotate which form goes first, so none always follows another.
                     form = FORMS[(round_number + round_number // len(FORMS)) % len(FORMS)]
                     captured = conn.execute(
-                        sql.CAPTURE, {"namespace_id": NAMESPACE, "limit": batch}
+                        lease.CAPTURE, {"namespace_id": NAMESPACE, "limit": batch}
                     ).fetchall()
                     ids = [row[0] for row in captured]
                     params = {"ids": ids, "status": "done", "scope": None}
-                    statement = SEED_RELEASE if form == "seed" else sql.RELEASE
+                    statement = SEED_RELEASE if form == "seed" else lease.RELEASE
                     if form != "seed":
                         params["tokens"] = (
                             [row[-1] for row in captured] if form == "leases" else None

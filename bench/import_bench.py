@@ -34,26 +34,29 @@ stricter of the two comparisons.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from bench.common import (
+    Sampler,
+    add_database_arguments,
+    argument_parser,
     bench_database,
-    database_url,
+    checkpoint,
+    line_buffered_stdout,
+    load_average,
     machine_description,
-    original_environ,
     print_table,
+    product_environ,
+    recorded_statements,
     setup_django,
     verdict,
 )
@@ -113,14 +116,6 @@ def generate_csv(path: Path, rows: int, *, prefix: str = "job") -> int:
                 )
             )
     return path.stat().st_size
-
-
-def checkpoint() -> None:
-    """Flush dirty pages now, so that the next measurement does not pay for the last one's."""
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute("CHECKPOINT")
 
 
 # --- The baseline: raw COPY --------------------------------------------------------------
@@ -205,7 +200,7 @@ def run_command(path: Path, rows: int, workdir: Path) -> CommandRun:
 
     # The environment the benchmark started with: in particular the settings'
     # 30 s statement limit, which the import must lift for itself.
-    env = {**original_environ(), "DATABASE_URL": database_url()}
+    env = product_environ()
     stdout_path, stderr_path = workdir / "import.out", workdir / "import.err"
     command = [
         sys.executable,
@@ -247,7 +242,7 @@ def run_command(path: Path, rows: int, workdir: Path) -> CommandRun:
     )
 
 
-class BackendMemory:
+class BackendMemory(Sampler):
     """Samples the private memory of the other sessions' server backends while open.
 
     The command's RSS is the client's; the server's backend holds the rest:
@@ -257,43 +252,29 @@ class BackendMemory:
     the backend touches, which belong to the whole server.
     """
 
-    INTERVAL = 0.1
+    name = "backend-memory sampler"
 
     def __init__(self) -> None:
+        super().__init__(interval=0.1)
         self.peak_kib: int | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="backend-memory", daemon=True)
 
     @property
     def peak_mib(self) -> float | None:
         return None if self.peak_kib is None else self.peak_kib / 1024
 
-    def __enter__(self) -> BackendMemory:
-        self._thread.start()
-        return self
+    def sample(self) -> None:
+        from django.db import connection
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _loop(self) -> None:
-        from django.db import connection  # this thread's own connection
-
-        try:
-            while not self._stop.is_set():
-                with connection.cursor() as cursor:
-                    cursor.execute(
-                        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-                        " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
-                    )
-                    pids = [row[0] for row in cursor.fetchall()]
-                for pid in pids:
-                    kib = _rss_anon_kib(pid)
-                    if kib is not None:
-                        self.peak_kib = max(self.peak_kib or 0, kib)
-                self._stop.wait(self.INTERVAL)
-        finally:
-            connection.close()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            )
+            pids = [row[0] for row in cursor.fetchall()]
+        for pid in pids:
+            kib = _rss_anon_kib(pid)
+            if kib is not None:
+                self.peak_kib = max(self.peak_kib or 0, kib)
 
 
 def _rss_anon_kib(pid: int) -> int | None:
@@ -357,32 +338,24 @@ def import_phases(path: Path) -> tuple[float, list[tuple[str, float]]]:
     from tasks_app.bulk import import_tasks, open_source
 
     names = phase_names()
-    marks: list[tuple[str, float, float]] = []
-
-    def timed(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
-        started = time.monotonic()
-        try:
-            return execute(sql, params, many, context)
-        finally:
-            marks.append((names.get(sql, " ".join(sql.split())[:60]), started, time.monotonic()))
-
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE tasks_app_task")
     checkpoint()
-    started = time.monotonic()
-    with connection.execute_wrapper(timed), path.open("rb") as raw:
+    started = time.perf_counter()
+    with recorded_statements() as statements, path.open("rb") as raw:
         result = import_tasks(source=open_source(raw), fmt="csv", namespace=NAMESPACE)
-    finished = time.monotonic()
+    finished = time.perf_counter()
     if not result.committed or result.rejected:
         raise SystemExit(f"the in-process import failed: {result}")
 
     phases: list[tuple[str, float]] = []
     previous_end = started
-    for name, start, end in marks:
-        if start - previous_end > 0.01:
-            phases.append((_gap_name(name), start - previous_end))
-        phases.append((name, end - start))
-        previous_end = end
+    for statement in statements:
+        name = names.get(statement.sql, " ".join(statement.sql.split())[:60])
+        if statement.started - previous_end > 0.01:
+            phases.append((_gap_name(name), statement.started - previous_end))
+        phases.append((name, statement.ended - statement.started))
+        previous_end = statement.ended
     # The foreign key to the namespace is DEFERRABLE INITIALLY DEFERRED (as
     # Django creates them): its check of every inserted row runs here.
     phases.append(
@@ -426,9 +399,7 @@ def _gap_name(next_statement: str) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.import_bench", description=__doc__.split("\n")[0]
-    )
+    parser = argument_parser("bench.import_bench", __doc__)
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows in the task file")
     parser.add_argument(
         "--no-phases",
@@ -444,8 +415,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--tmp-dir", default=None, help="where to write the task file (default: the system's)"
     )
-    parser.add_argument("--db-name", default=BENCH_DB, help="the benchmark's own database")
-    parser.add_argument("--keep", action="store_true", help="keep the database at the end")
+    add_database_arguments(parser, BENCH_DB)
     args = parser.parse_args(argv)
     if args.rows < 1:
         parser.error("--rows must be positive")
@@ -454,8 +424,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if isinstance(sys.stdout, io.TextIOWrapper):
-        sys.stdout.reconfigure(line_buffering=True)
+    line_buffered_stdout()
     setup_django()
     with tempfile.TemporaryDirectory(prefix="taskq-import-bench-", dir=args.tmp_dir) as tmp:
         with bench_database(args.db_name, keep=args.keep):
@@ -588,7 +557,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         print("\nVERIFICATION FAILED:\n" + "\n".join("  - " + p for p in problems))
         return 1
     print(f"\nVerified: {command.imported:,} tasks imported, statuses as in the file.")
-    print(f"Load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"Load average at end: {load_average()}")
     # A missed target is a figure, reported in the table above as every
     # benchmark reports it; only a run that did not do what it measures fails.
     return 0

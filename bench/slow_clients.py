@@ -14,7 +14,6 @@ the target is at most 100 ms more.
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import socket
 import sys
@@ -22,15 +21,15 @@ import threading
 import time
 
 from bench.common import (
+    Server,
+    argument_parser,
     bench_database,
-    database_url,
     machine_description,
     percentile,
     print_table,
     setup_django,
     verdict,
 )
-from bench.throughput import Server
 
 DATABASE = "taskq_slow_clients"
 TARGET_EXTRA_P99_MS = 100
@@ -76,7 +75,7 @@ def measure(port: int, token: str, requests: int, timeout: float) -> list[float]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argument_parser("bench.slow_clients", __doc__)
     parser.add_argument("--slow", type=int, default=64, help="Slow clients at once.")
     parser.add_argument("--requests", type=int, default=100, help="Measured requests per phase.")
     parser.add_argument("--timeout", type=float, default=2.0, help="Seconds before giving up.")
@@ -87,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     with bench_database(DATABASE):
         print_table(["", ""], machine_description(), title="Machine")
         _, token = create_token(name="bench", role="read-only")
-        server = Server(database_url())
+        server = Server()
         rows = []
         try:
             measure(server.port, token, 20, args.timeout)  # warm every worker up

@@ -26,25 +26,37 @@ loaded.
 from __future__ import annotations
 
 import argparse
-import io
-import logging
 import math
 import multiprocessing
 import os
 import re
 import sys
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
 from typing import Any, TypeVar
 
-from bench.common import code_version, percentile, use_database
+from bench.common import (
+    LOAD_IDLE_TASKS,
+    LatencyPercentiles,
+    Sampler,
+    add_database_arguments,
+    argument_parser,
+    bench_database,
+    line_buffered_stdout,
+    load_average,
+    machine_description,
+    no_statement_timeout,
+    percentile,
+    settle,
+    setup_django,
+    use_database,
+    verdict,
+)
 
 T = TypeVar("T")
 
@@ -100,19 +112,6 @@ CROSS JOIN LATERAL (
 ) AS v
 """
 
-# The probe's namespace: idle tasks in FIFO order. A released task goes to the
-# back of the queue, so the probe cycles through them all at a steady state.
-LOAD_IDLE_TASKS = """
-INSERT INTO tasks_app_task
-    (id, namespace_id, timeout, retries_left, status,
-     created_at, updated_at, available_at, lease_expires_at)
-SELECT 'probe-' || lpad(g::text, 7, '0'), %(namespace_id)s, 300, 3, 'idle', v.at, v.at, v.at, NULL
-FROM generate_series(1, %(rows)s) AS g
-CROSS JOIN LATERAL (
-    SELECT statement_timestamp() - interval '1 day' + g * interval '1 millisecond' AS at
-) AS v
-"""
-
 SERVER_COUNTERS = """
 SELECT pg_current_wal_lsn()::text,
        (SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter),
@@ -121,60 +120,7 @@ SELECT pg_current_wal_lsn()::text,
 """
 
 
-# --- Django and the benchmark's own database ------------------------------------
-
-
-def setup_django() -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "taskq_project.settings")
-    import django
-
-    django.setup()
-    # django-axes logs its start at INFO, in every process: noise in the output.
-    logging.getLogger("axes").setLevel(logging.WARNING)
-
-
-@contextmanager
-def no_statement_timeout() -> Iterator[None]:
-    """Lift the settings' statement_timeout for this session while loading and vacuuming.
-
-    A million-row INSERT or VACUUM can take longer than the limit the product
-    sets for every session; the sweep and the probe keep that limit, as they
-    would in production. RESET goes back to the value the connection started with.
-    """
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute("SET statement_timeout = 0")
-    try:
-        yield
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("RESET statement_timeout")
-
-
-def recreate_database(name: str) -> None:
-    """Drop and create the benchmark database, from the configured one.
-
-    The configured (development) database only hosts these two statements,
-    which read and write nothing in it. Starting from an empty database every
-    run means no bloat, statistics or leftover rows from an earlier run;
-    FORCE ends any session that a crashed earlier run left behind.
-    """
-    from django.db import connection
-
-    quoted = connection.ops.quote_name(name)
-    with connection.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")
-        cursor.execute(f"CREATE DATABASE {quoted}")
-
-
-def drop_database(name: str, *, home: str) -> None:
-    from django.db import connection
-
-    # A database cannot be dropped from a session connected to it.
-    use_database(home)
-    with connection.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS {connection.ops.quote_name(name)} WITH (FORCE)")
+# --- The load and the server's counters ----------------------------------------
 
 
 def load(*, rows: int, probe_tasks: int) -> float:
@@ -197,30 +143,15 @@ def explain_one_batch(batch_size: int) -> list[str]:
     """EXPLAIN ANALYZE one sweep batch on the loaded table, and roll it back."""
     from django.db import connection, transaction
 
-    from tasks_app import sql
+    from tasks_app import lease
 
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
-            "EXPLAIN (ANALYZE, BUFFERS, WAL) " + sql.RECLAIM_EXPIRED, {"batch": batch_size}
+            "EXPLAIN (ANALYZE, BUFFERS, WAL) " + lease.RECLAIM_EXPIRED, {"batch": batch_size}
         )
         lines = [row[0] for row in cursor.fetchall()]
         transaction.set_rollback(True)
     return lines
-
-
-def settle() -> None:
-    """Leave the table as a live one would be before a mass expiry: vacuumed, analysed, clean.
-
-    VACUUM sets hint bits and the visibility map (and removes the batch the
-    EXPLAIN ANALYZE rolled back), so the sweep does not pay for the load's
-    housekeeping; the CHECKPOINT flushes the load's dirty pages, so a
-    checkpoint that the load's WAL made due does not land in the sweep.
-    """
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute("VACUUM ANALYZE")
-        cursor.execute("CHECKPOINT")
 
 
 def server_counters() -> tuple[str, int, int, int]:
@@ -265,7 +196,8 @@ def run_probe(
     capture, when it started (time.monotonic, system-wide on Linux, so the
     parent can tell which window it fell in) and how long it took.
     """
-    setup_django()
+    # The sweep's limit, as in production: so is the probe's.
+    setup_django(keep_statement_timeout=True)
     use_database(db_name)
     from django.db import connection
 
@@ -336,57 +268,43 @@ WHERE pid = ANY(%s) AND state = 'active'
 """
 
 
-class WaitSampler:
+class WaitSampler(Sampler):
     """Samples what the probe's and the sweep's backends are doing, every few milliseconds.
 
-    A thread of the main process with its own connection (Django's are per
-    thread); it keeps running while the main thread waits on a sweep batch,
-    which releases the GIL. Only statements in flight count: the probe's
-    captures (not its releases) and the sweep's batches. An active backend
-    with no wait event is on a CPU, or waiting for one.
+    Only statements in flight count: the probe's captures (not its releases)
+    and the sweep's batches. An active backend with no wait event is on a
+    CPU, or waiting for one.
     """
 
+    name = "wait sampler"
+
     def __init__(self, pids: dict[int, str], interval: float) -> None:
-        from tasks_app import sql
+        from tasks_app import lease
 
+        super().__init__(interval)
         self.pids = pids
-        self.interval = interval
         self.samples: list[tuple[float, str, str]] = []  # (when, whose, what)
-        self._capture_prefix = sql.CAPTURE.strip()[:40]
+        self._capture_prefix = lease.CAPTURE.strip()[:40]
         self.backend_pid = 0
-        self._connected = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="wait-sampler", daemon=True)
 
-    def __enter__(self) -> WaitSampler:
-        self._thread.start()
-        if not self._connected.wait(timeout=60):
-            raise SystemExit("the wait sampler could not connect")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _loop(self) -> None:
+    def started(self) -> None:
         from django.db import connection
 
-        try:
-            self.backend_pid = backend_pid_of(connection)
-            self._connected.set()
-            with connection.cursor() as cursor:
-                while not self._stop.is_set():
-                    now = time.monotonic()
-                    cursor.execute(WAIT_SAMPLE, [list(self.pids)])
-                    for pid, kind, event, query in cursor.fetchall():
-                        whose = self.pids[pid]
-                        if whose == "probe" and not query.strip().startswith(self._capture_prefix):
-                            continue
-                        what = f"{kind}:{event}" if kind else "CPU (no wait event)"
-                        self.samples.append((now, whose, what))
-                    self._stop.wait(self.interval)
-        finally:
-            connection.close()
+        self.backend_pid = backend_pid_of(connection)
+
+    def sample(self) -> None:
+        from django.db import connection
+
+        now = time.monotonic()
+        with connection.cursor() as cursor:
+            cursor.execute(WAIT_SAMPLE, [list(self.pids)])
+            rows = cursor.fetchall()
+        for pid, kind, event, query in rows:
+            whose = self.pids[pid]
+            if whose == "probe" and not query.strip().startswith(self._capture_prefix):
+                continue
+            what = f"{kind}:{event}" if kind else "CPU (no wait event)"
+            self.samples.append((now, whose, what))
 
     def breakdown(self, whose: str, start: float, end: float, top: int = 4) -> str:
         counts = Counter(w for t, who, w in self.samples if who == whose and start <= t < end)
@@ -477,7 +395,7 @@ def timed(meter: CpuMeter | None, action: Callable[[], T]) -> tuple[T, Span]:
 
 
 @dataclass(frozen=True)
-class Window:
+class Window(LatencyPercentiles):
     name: str
     start: float
     end: float
@@ -492,14 +410,6 @@ class Window:
     @property
     def seconds(self) -> float:
         return self.end - self.start
-
-    @property
-    def p50_ms(self) -> float:
-        return percentile(self.latencies, 50) * 1000
-
-    @property
-    def p99_ms(self) -> float:
-        return percentile(self.latencies, 99) * 1000
 
     @property
     def max_ms(self) -> float:
@@ -537,13 +447,13 @@ def sweep(batch_size: int) -> SweepRun:
     """Run the real sweeper, timing each of its batches and following its plan."""
     from django.db import connection
 
-    from tasks_app import sql
+    from tasks_app import lease
     from tasks_app.sweeper import reclaim_expired_leases
 
     batch_seconds: list[float] = []
     kinds: list[str] = []
     plans: dict[str, list[int]] = {}
-    head = sql.RECLAIM_EXPIRED.strip().split("\n")[0]
+    head = lease.RECLAIM_EXPIRED.strip().split("\n")[0]
     counts = (0, 0)  # generic and custom plans of the prepared statement so far
 
     def plan_counts() -> tuple[int, int]:
@@ -560,12 +470,12 @@ def sweep(batch_size: int) -> SweepRun:
         execute: Callable[..., Any], query: str, params: Any, many: bool, context: Any
     ) -> Any:
         nonlocal counts
-        if query != sql.RECLAIM_EXPIRED:
+        if query != lease.RECLAIM_EXPIRED:
             return execute(query, params, many, context)
         batch = len(batch_seconds)
         if batch % PLAN_CHECK_EVERY == 0:
             with connection.cursor() as cursor:
-                cursor.execute("EXPLAIN (COSTS OFF) " + sql.RECLAIM_EXPIRED, params)
+                cursor.execute("EXPLAIN (COSTS OFF) " + lease.RECLAIM_EXPIRED, params)
                 plan = "\n".join(row[0] for row in cursor.fetchall())
             plans.setdefault(plan, []).append(batch)
         started = time.monotonic()
@@ -587,7 +497,7 @@ def sweep(batch_size: int) -> SweepRun:
         start = time.monotonic()
         result = reclaim_expired_leases(batch_size=batch_size)
         end = time.monotonic()
-    generic_plan = explain_generic(sql.RECLAIM_EXPIRED) if "generic" in kinds else None
+    generic_plan = explain_generic(lease.RECLAIM_EXPIRED) if "generic" in kinds else None
     return SweepRun(result, start, end, batch_seconds, kinds, plans, generic_plan)
 
 
@@ -635,17 +545,6 @@ def verify(*, rows: int, probe_tasks: int, result: Any) -> list[str]:
     return problems
 
 
-def server_description() -> tuple[str, str]:
-    from django.conf import settings
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT version()")
-        (version,) = cursor.fetchone()  # type: ignore[misc]
-    source = "DATABASE_URL" if os.environ.get("DATABASE_URL") else "embedded (no DATABASE_URL)"
-    return str(version), f"{source}, host {settings.DATABASES['default']['HOST'] or 'localhost'}"
-
-
 def plan_summary(lines: Sequence[str]) -> str:
     """How a sweep batch finds its rows, in a few words.
 
@@ -683,9 +582,7 @@ def setting(text: str) -> tuple[str, str]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.sweep", description=__doc__.split("\n")[0]
-    )
+    parser = argument_parser("bench.sweep", __doc__)
     parser.add_argument("--rows", type=int, default=1_000_000, help="expired leases to sweep")
     parser.add_argument(
         "--probe-tasks", type=int, default=50_000, help="idle tasks in the probe's namespace"
@@ -730,8 +627,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="experiment: drop this index of the benchmark's database before loading "
         "(repeatable), e.g. tasks_app_task_id_f6fb25eb_like",
     )
-    parser.add_argument("--db-name", default=BENCH_DB, help="the benchmark's own database")
-    parser.add_argument("--keep", action="store_true", help="keep the database at the end")
+    add_database_arguments(parser, BENCH_DB)
     args = parser.parse_args(argv)
     if args.rows < 1 or args.probe_tasks < CAPTURE_LIMIT:
         parser.error(f"--rows must be positive and --probe-tasks at least {CAPTURE_LIMIT}")
@@ -740,37 +636,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    # Progress lines and the sweeper's log (stderr) in the order they happen,
-    # even when the output goes to a file.
-    if isinstance(sys.stdout, io.TextIOWrapper):
-        sys.stdout.reconfigure(line_buffering=True)
-    setup_django()
-    from django.conf import settings
-
+    line_buffered_stdout()
+    # The sweep runs under the product's statement limit, as Celery beat runs
+    # it; only the load and its VACUUM lift it (no_statement_timeout).
+    setup_django(keep_statement_timeout=True)
     from tasks_app.sweeper import SWEEP_BATCH
 
-    home = str(settings.DATABASES["default"]["NAME"])
-    if args.db_name == home:
-        sys.exit(f"refusing to benchmark in the configured database {home!r}: pick --db-name")
     batch_size = args.batch_size or SWEEP_BATCH
-
-    recreate_database(args.db_name)
-    use_database(args.db_name)
-    try:
+    with bench_database(args.db_name, keep=args.keep):
         return run(args, batch_size)
-    finally:
-        if not args.keep:
-            drop_database(args.db_name, home=home)
 
 
 def run(args: argparse.Namespace, batch_size: int) -> int:
-    from django.core.management import call_command
     from django.db import connection
 
-    version, where = server_description()
-    cpus = len(os.sched_getaffinity(0))
-    print(f"PostgreSQL: {version}\nServer: {where}, database {args.db_name}\nCPUs: {cpus}")
-    print(f"Code: {code_version()}")
+    for name, value in machine_description():
+        print(f"{name}: {value}")
+    print(f"database: {args.db_name}")
     if args.probe_rate:
         print(f"Probe: {args.probe_rate:g} captures/s on a fixed schedule (open loop)")
     else:
@@ -780,11 +662,9 @@ def run(args: argparse.Namespace, batch_size: int) -> int:
             print(f"Experiment: {side} session SET {name} = {value}")
     for index in args.drop_index:
         print(f"Experiment: index {index} dropped")
-    print(f"Load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
     check_settings(connection, args.sweep_set + args.probe_set)
     with no_statement_timeout():
-        call_command("migrate", verbosity=0)
         with connection.cursor() as cursor:
             for index in args.drop_index:
                 cursor.execute(f"DROP INDEX {connection.ops.quote_name(index)}")
@@ -917,9 +797,6 @@ def report(
     sweep_ok = run_.seconds < SWEEP_TARGET_SECONDS
     ratio_ok = ratio <= P99_RATIO_TARGET
 
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "MISSED"
-
     print(f"\n## Summary ({args.rows:,} expired leases, batches of {batch_size:,})\n")
     print("| Sweep | |")
     print("|---|---|")
@@ -1019,7 +896,7 @@ def report(
     if run_.generic_plan:
         print("\nGeneric plan of the sweep's statement (EXPLAIN (GENERIC_PLAN)):")
         print("\n".join("  " + line for line in run_.generic_plan))
-    print(f"\nLoad average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"\nLoad average at end: {load_average()}")
 
 
 if __name__ == "__main__":

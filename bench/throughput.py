@@ -30,29 +30,27 @@ from __future__ import annotations
 import argparse
 import http.client
 import multiprocessing
-import os
-import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    LOAD_DONE_TASKS,
+    LOAD_IDLE_TASKS,
+    LatencyPercentiles,
+    Server,
+    argument_parser,
     bench_database,
+    connect,
     database_url,
     machine_description,
-    original_environ,
-    percentile,
     print_table,
+    settle,
     setup_django,
     verdict,
 )
 
-BASE_DIR = Path(__file__).resolve().parent.parent
 DATABASE = "taskq_throughput"
 NAMESPACE = "bench"
 BATCHES = (1, 10, 100)
@@ -60,27 +58,6 @@ WORKERS = (4, 16)
 # Targets from the issue.
 TARGET_RATIO = {100: 0.5, 1: 0.3}
 TARGET_GROWTH = 1.5
-
-LOAD_IDLE = """
-INSERT INTO tasks_app_task
-    (id, namespace_id, timeout, retries_left, status,
-     created_at, updated_at, available_at, lease_expires_at)
-SELECT %(prefix)s || lpad(g::text, 8, '0'), %(namespace)s, 300, 3, 'idle', v.at, v.at, v.at, NULL
-FROM generate_series(1, %(rows)s) AS g
-CROSS JOIN LATERAL (
-    SELECT statement_timestamp() - interval '1 day' + g * interval '1 microsecond' AS at
-) AS v
-"""
-
-LOAD_DONE = """
-INSERT INTO tasks_app_task
-    (id, namespace_id, timeout, retries_left, status,
-     created_at, updated_at, available_at, lease_expires_at)
-SELECT 'done-' || lpad(g::text, 8, '0'), %(namespace)s, 300, 0, 'done',
-       statement_timestamp() - interval '2 days', statement_timestamp() - interval '2 days',
-       NULL, NULL
-FROM generate_series(1, %(rows)s) AS g
-"""
 
 
 @dataclass
@@ -91,7 +68,7 @@ class WorkerResult:
 
 
 @dataclass
-class Run:
+class Run(LatencyPercentiles):
     tasks: int
     seconds: float
     latencies: list[float]
@@ -100,14 +77,6 @@ class Run:
     @property
     def per_second(self) -> float:
         return self.tasks / self.seconds
-
-    @property
-    def p50_ms(self) -> float:
-        return percentile(self.latencies, 50) * 1000
-
-    @property
-    def p99_ms(self) -> float:
-        return percentile(self.latencies, 99) * 1000
 
 
 # --- The load generators (run in their own processes) ---------------------------------
@@ -162,18 +131,17 @@ def http_worker(
 def sql_worker(
     conninfo: str, batch: int, release_as: str, form: str, start: float, seconds: float
 ) -> WorkerResult:
-    import psycopg
-
-    from tasks_app import sql
+    from tasks_app import lease
 
     result = WorkerResult()
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute("SET statement_timeout = 0")
+    with connect(conninfo) as conn:
         time.sleep(max(0.0, start - time.time()))
         deadline = start + seconds
         while time.time() < deadline:
             began = time.perf_counter()
-            rows = conn.execute(sql.CAPTURE, {"namespace_id": NAMESPACE, "limit": batch}).fetchall()
+            rows = conn.execute(
+                lease.CAPTURE, {"namespace_id": NAMESPACE, "limit": batch}
+            ).fetchall()
             result.latencies.append(time.perf_counter() - began)
             ids = [row[0] for row in rows]
             if not ids:
@@ -182,7 +150,7 @@ def sql_worker(
             # The token is the last column capture returns.
             tokens = [row[-1] for row in rows] if form == "leases" else None
             conn.execute(
-                sql.RELEASE, {"ids": ids, "tokens": tokens, "status": release_as, "scope": None}
+                lease.RELEASE, {"ids": ids, "tokens": tokens, "status": release_as, "scope": None}
             ).fetchall()
             result.tasks += len(ids)
     return result
@@ -204,7 +172,7 @@ def run_workers(target: Any, args: tuple[Any, ...], workers: int, seconds: float
     )
 
 
-# --- The table and the server -----------------------------------------------------------
+# --- The table ------------------------------------------------------------------------------
 
 
 def reset_table(*, idle: int, done: int = 0) -> None:
@@ -213,68 +181,16 @@ def reset_table(*, idle: int, done: int = 0) -> None:
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE tasks_app_task, tasks_app_throughput")
         if done:
-            cursor.execute(LOAD_DONE, {"namespace": NAMESPACE, "rows": done})
-        cursor.execute(LOAD_IDLE, {"prefix": "t-", "namespace": NAMESPACE, "rows": idle})
-        cursor.execute("VACUUM (ANALYZE) tasks_app_task")
-        cursor.execute("CHECKPOINT")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    """gunicorn as `make run` starts it, on the benchmark's database."""
-
-    def __init__(self, url: str) -> None:
-        self.port = free_port()
-        env = {
-            **original_environ(),
-            "DATABASE_URL": url,
-            "TASKQ_THROTTLE_WORKER": "none",
-            "GUNICORN_ACCESS_LOG": "/dev/null",
-        }
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                "taskq_project/gunicorn.conf.py",
-                "--bind",
-                f"127.0.0.1:{self.port}",
-            ],
-            cwd=BASE_DIR,
-            env=env,
-            start_new_session=True,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2)
-                return
-            except OSError:
-                time.sleep(0.2)
-        self.stop()
-        raise SystemExit("gunicorn did not come up")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+            cursor.execute(LOAD_DONE_TASKS, {"namespace_id": NAMESPACE, "rows": done})
+        cursor.execute(LOAD_IDLE_TASKS, {"namespace_id": NAMESPACE, "rows": idle})
+    settle()
 
 
 # --- The run --------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argument_parser("bench.throughput", __doc__)
     parser.add_argument("--seconds", type=float, default=8.0, help="Per measurement.")
     parser.add_argument("--growth-rows", type=int, default=5_000_000)
     parser.add_argument("--skip-growth", action="store_true")
@@ -304,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         register_namespace(namespace_id=NAMESPACE)
         _, token = create_token(name="bench", role="worker")
         url = database_url()
-        server = Server(url)
+        server = Server()
         try:
             matrix = run_matrix(args, server, token, url)
             growth = None if args.skip_growth else run_growth(args, server, token)
