@@ -104,14 +104,17 @@ def main(argv: list[str] | None = None) -> int:
                     # Rotate which form goes first, so none always follows another.
                     form = FORMS[(round_number + round_number // len(FORMS)) % len(FORMS)]
                     captured = conn.execute(
-                        lease.CAPTURE, {"namespace_id": NAMESPACE, "limit": batch}
+                        lease.CAPTURE, lease.capture_params(NAMESPACE, batch)
                     ).fetchall()
                     ids = [row[0] for row in captured]
-                    params = {"ids": ids, "status": "done", "scope": None}
-                    statement = SEED_RELEASE if form == "seed" else lease.RELEASE
-                    if form != "seed":
-                        params["tokens"] = (
-                            [row[-1] for row in captured] if form == "leases" else None
+                    tokens = [row[lease.CAPTURED_TOKEN] for row in captured]
+                    if form == "seed":
+                        statement = SEED_RELEASE
+                        params: dict = {"ids": ids, "status": "done", "scope": None}
+                    else:
+                        statement = lease.RELEASE
+                        params = lease.release_params(
+                            ids, tokens if form == "leases" else None, "done"
                         )
                     began = time.perf_counter()
                     released = conn.execute(statement, params).fetchall()

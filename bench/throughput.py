@@ -139,19 +139,15 @@ def sql_worker(
         deadline = start + seconds
         while time.time() < deadline:
             began = time.perf_counter()
-            rows = conn.execute(
-                lease.CAPTURE, {"namespace_id": NAMESPACE, "limit": batch}
-            ).fetchall()
+            rows = conn.execute(lease.CAPTURE, lease.capture_params(NAMESPACE, batch)).fetchall()
             result.latencies.append(time.perf_counter() - began)
             ids = [row[0] for row in rows]
             if not ids:
                 result.ran_dry = True
                 break
             # The token is the last column capture returns.
-            tokens = [row[-1] for row in rows] if form == "leases" else None
-            conn.execute(
-                lease.RELEASE, {"ids": ids, "tokens": tokens, "status": release_as, "scope": None}
-            ).fetchall()
+            tokens = [row[lease.CAPTURED_TOKEN] for row in rows] if form == "leases" else None
+            conn.execute(lease.RELEASE, lease.release_params(ids, tokens, release_as)).fetchall()
             result.tasks += len(ids)
     return result
 

@@ -1,5 +1,8 @@
 """Operations on namespaces. Each runs in its own short transaction."""
 
+from dataclasses import dataclass
+from typing import Any
+
 from django.db import IntegrityError, transaction
 
 from namespaces_app.exceptions import (
@@ -12,12 +15,44 @@ from namespaces_app.models import Namespace
 Scope = frozenset[str] | None
 
 
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential retry backoff: attempt n's failure or expiry waits
+    min(max, base * 2^(n-1)) seconds, less a random share of up to `jitter`."""
+
+    base: float
+    max: float
+    jitter: float = 0.0
+
+
+class Settings(dict[str, Any]):
+    """Namespace settings by name (default_timeout, default_retries,
+    retry_backoff: a Backoff or None, history); only those given change."""
+
+    def columns(self) -> dict[str, Any]:
+        values = {k: v for k, v in self.items() if k != "retry_backoff"}
+        if "retry_backoff" in self:
+            backoff = self["retry_backoff"]
+            values["backoff_base"] = backoff.base if backoff else None
+            values["backoff_max"] = backoff.max if backoff else None
+            values["backoff_jitter"] = backoff.jitter if backoff else 0.0
+        return values
+
+
+def backoff_of(namespace: Namespace) -> Backoff | None:
+    if namespace.backoff_base is None or namespace.backoff_max is None:
+        return None
+    return Backoff(namespace.backoff_base, namespace.backoff_max, namespace.backoff_jitter)
+
+
 def in_scope(namespace_id: str, scope: Scope) -> bool:
     """Whether a token limited to `scope` (None: unlimited) may see `namespace_id`."""
     return scope is None or namespace_id in scope
 
 
-def register_namespace(*, namespace_id: str, scope: Scope = None) -> Namespace:
+def register_namespace(
+    *, namespace_id: str, scope: Scope = None, settings: Settings | None = None
+) -> Namespace:
     """Create a namespace. Raises NamespaceAlreadyExists when the id is taken.
 
     A token limited to some namespaces may register only those (it was given
@@ -27,9 +62,25 @@ def register_namespace(*, namespace_id: str, scope: Scope = None) -> Namespace:
         raise NamespaceOutOfScope(namespace_id)
     try:
         with transaction.atomic():
-            return Namespace.objects.create(id=namespace_id)
+            return Namespace.objects.create(id=namespace_id, **(settings or Settings()).columns())
     except IntegrityError:
         raise NamespaceAlreadyExists(namespace_id) from None
+
+
+def change_namespace(*, namespace_id: str, settings: Settings, scope: Scope = None) -> Namespace:
+    """Change the settings given, in one UPDATE; they apply to what happens
+    next (a task registered, a lease failed), never to what was decided.
+    Raises NamespaceNotFound."""
+    if not in_scope(namespace_id, scope):
+        raise NamespaceNotFound(namespace_id)
+    with transaction.atomic():
+        namespace = Namespace.objects.select_for_update().filter(pk=namespace_id).first()
+        if namespace is None:
+            raise NamespaceNotFound(namespace_id)
+        for column, value in settings.columns().items():
+            setattr(namespace, column, value)
+        namespace.save(update_fields=list(settings.columns()) or None)
+    return namespace
 
 
 def delete_namespace(*, namespace_id: str, scope: Scope = None) -> int:

@@ -1,3 +1,5 @@
+from typing import Any
+
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import status, viewsets
 from rest_framework.request import Request
@@ -7,13 +9,30 @@ from apikeys_app.models import Role
 from apikeys_app.permissions import token_scope
 from namespaces_app import services
 from namespaces_app.models import Namespace
-from namespaces_app.serializers import NamespaceCreateSerializer
+from namespaces_app.serializers import NamespaceCreateSerializer, NamespaceSettingsSerializer
 from taskq_project import schema
 from taskq_project.views import validated_path_id
 
 
-def render_namespace(namespace: Namespace) -> dict[str, str]:
-    return {"id": namespace.id}
+def render_namespace(namespace: Namespace) -> dict[str, Any]:
+    """A namespace and its settings, `id` first (the seed's shape, extended)."""
+    backoff = services.backoff_of(namespace)
+    return {
+        "id": namespace.id,
+        "default_timeout": namespace.default_timeout,
+        "default_retries": namespace.default_retries,
+        "retry_backoff": (
+            {"kind": "none"}
+            if backoff is None
+            else {
+                "kind": "exponential",
+                "base": backoff.base,
+                "max": backoff.max,
+                "jitter": backoff.jitter,
+            }
+        ),
+        "history": namespace.history,
+    }
 
 
 @extend_schema_view(
@@ -35,6 +54,12 @@ def render_namespace(namespace: Namespace) -> dict[str, str]:
             **schema.errors(),
         },
     ),
+    partial_update=extend_schema(
+        summary="Change a namespace's settings",
+        parameters=[schema.id_path("The namespace id.")],
+        request=NamespaceSettingsSerializer,
+        responses={200: schema.NamespaceSerializer, **schema.errors(404, 413, 415)},
+    ),
     destroy=extend_schema(
         summary="Deregister a namespace and all its tasks",
         parameters=[schema.id_path("The namespace id.")],
@@ -50,13 +75,16 @@ class NamespaceViewSet(viewsets.ViewSet):
 
     def list(self, request: Request) -> Response:
         namespaces = services.list_namespaces(scope=token_scope(request))
-        return Response({"list": [render_namespace(ns) for ns in namespaces]})
+        # The seed's shape: ids only (a namespace's settings are on its GET).
+        return Response({"list": [{"id": ns.id} for ns in namespaces]})
 
     def create(self, request: Request) -> Response:
         serializer = NamespaceCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         namespace = services.register_namespace(
-            namespace_id=serializer.validated_data["id"], scope=token_scope(request)
+            namespace_id=serializer.validated_data["id"],
+            scope=token_scope(request),
+            settings=serializer.to_settings(),
         )
         return Response(render_namespace(namespace), status=status.HTTP_201_CREATED)
 
@@ -67,6 +95,15 @@ class NamespaceViewSet(viewsets.ViewSet):
         if namespace is None:
             # The seed's contract: an unknown id is "204 No Content".
             return Response(status=status.HTTP_204_NO_CONTENT)
+        return Response(render_namespace(namespace))
+
+    def partial_update(self, request: Request, pk: str) -> Response:
+        namespace_id = validated_path_id(pk, request)
+        serializer = NamespaceSettingsSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        namespace = services.change_namespace(
+            namespace_id=namespace_id, settings=serializer.to_settings(), scope=token_scope(request)
+        )
         return Response(render_namespace(namespace))
 
     def destroy(self, request: Request, pk: str) -> Response:

@@ -94,6 +94,27 @@ class ReleasedSerializer(serializers.Serializer):
     errors = ReleaseErrorSerializer(many=True)  # type: ignore[assignment]
 
 
+class AttemptSerializer(serializers.Serializer):
+    attempt = serializers.IntegerField(min_value=1)
+    captured_at = serializers.IntegerField(allow_null=True, help_text="Unix seconds.")
+    ended_at = serializers.IntegerField(
+        allow_null=True, help_text="Unix seconds; null while in progress."
+    )
+    outcome = serializers.ChoiceField(
+        choices=["in_progress", "done", "failed", "handed_back", "expired", "cancelled"]
+    )
+    error = serializers.JSONField(allow_null=True)  # type: ignore[assignment]
+    result = serializers.JSONField(allow_null=True)
+    leased_by = serializers.CharField(
+        allow_null=True, help_text="The name of the API token that held the lease."
+    )
+
+
+@extend_schema_serializer(many=False)
+class AttemptListSerializer(serializers.Serializer):
+    list = AttemptSerializer(many=True)
+
+
 class ExtendedSerializer(serializers.Serializer):
     list = LeasedTaskSerializer(many=True)
     errors = ReleaseErrorSerializer(many=True)  # type: ignore[assignment]

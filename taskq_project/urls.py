@@ -19,6 +19,13 @@ urlpatterns = [
     re_path(r"^v1/schema/?$", SchemaView.as_view(), name="schema"),
     re_path(r"^v1/docs/?$", SwaggerView.as_view(url_name="schema"), name="docs"),
     re_path(r"^v1/redoc/?$", RedocView.as_view(url_name="schema"), name="redoc"),
+    # Before the router's, whose task id pattern would take "x/attempts" for
+    # an id; ids may not end with "/attempts" (tasks_app.serializers).
+    re_path(
+        r"^v1/task/(?P<pk>[\s\S]+?)/attempts/?$",
+        TaskViewSet.as_view({"get": "attempts"}),
+        name="task-attempts",
+    ),
     path("v1/", include(router.urls)),
     re_path(r"^healthz/?$", healthz, name="healthz"),
     path("", index, name="index"),

@@ -323,12 +323,15 @@ _INSERT = f"""
 WITH inserted AS (
     {lease.INSERT_NEW_TASKS}
     FROM (
-        SELECT s.id, coalesce(s.namespace_id, %(namespace)s) AS namespace_id,
-               coalesce(s.timeout::int, {DEFAULT_TIMEOUT}) AS timeout,
-               coalesce(s.retries_left::int, {DEFAULT_RETRIES}) AS retries_left,
+        SELECT s.id, n.id AS namespace_id,
+               coalesce(s.timeout::int, n.default_timeout, {DEFAULT_TIMEOUT}) AS timeout,
+               coalesce(s.retries_left::int, n.default_retries, {DEFAULT_RETRIES})
+                   AS retries_left,
                coalesce(s.status, 'idle') AS status,
+               0 AS priority, NULL AS payload, NULL::timestamptz AS available_at,
                {lease.stamp("s.line", "(SELECT max(line) FROM taskq_import)")} AS ts
         FROM taskq_import AS s
+        JOIN namespaces_app_namespace AS n ON n.id = coalesce(s.namespace_id, %(namespace)s)
     ) AS v
     {lease.INSERT_IN_ID_ORDER}
     ON CONFLICT (id) DO NOTHING

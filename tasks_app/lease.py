@@ -66,10 +66,17 @@ class LeaseClock(models.Func):
 
 # Which values of `retries_left` a state holds.
 Retries = Literal["any", "some", "none"]
-# What `available_at` holds: when the task (re)joined its queue, its lease's
-# expiry (a leased task with a retry left is capturable once it expires), or
-# NULL (never capturable: finished, or leased with no retry to pay a re-lease).
-Available = Literal["queued", "lease_expiry", None]
+# What `available_at` holds: when the task (re)joins its queue (which a delay,
+# a `retry_after` or a backoff may put in the future), when its lease's
+# retry is due (a leased task with a retry left is capturable once its lease
+# has expired and its backoff passed), or NULL (never capturable: finished,
+# or leased with no retry to pay a re-lease).
+Available = Literal["queued", "after_lease", None]
+
+# Capture takes lower numbers first; 0 is the default.
+PRIORITIES = tuple(range(10))
+# How many ended attempts of each task the history keeps, at least.
+HISTORY = 10
 
 
 @dataclass(frozen=True)
@@ -90,7 +97,7 @@ class State:
 
 STATES = (
     State(TaskStatus.IDLE, "any", "queued", leased=False),
-    State(TaskStatus.IN_PROGRESS, "some", "lease_expiry", leased=True),
+    State(TaskStatus.IN_PROGRESS, "some", "after_lease", leased=True),
     State(TaskStatus.IN_PROGRESS, "none", None, leased=True),
     State(TaskStatus.DONE, "any", None, leased=False),
     State(TaskStatus.FAILED, "some", "queued", leased=False),
@@ -107,10 +114,10 @@ def _state_q(state: State) -> Q:
     lookups: dict[str, Any] = {"status": state.status, **_retries_lookup(state.retries)}
     lookups["lease_expires_at__isnull"] = not state.leased
     lookups["available_at__isnull"] = state.available is None
-    if state.available == "lease_expiry":
+    if state.available == "after_lease":
         # Not NULL as well: a CHECK passes when its condition is NULL, which
-        # `available_at = lease_expires_at` is when either is.
-        lookups["available_at"] = F("lease_expires_at")
+        # `available_at >= lease_expires_at` is when either is.
+        lookups["available_at__gte"] = F("lease_expires_at")
     return Q(**lookups)
 
 
@@ -136,17 +143,27 @@ class Derived(NamedTuple):
 
 
 def derived(
-    status: TaskStatus | str, retries: str, *, queued: str = NOW, expires: str = "NULL"
+    status: TaskStatus | str,
+    retries: str,
+    *,
+    queued: str = NOW,
+    expires: str = "NULL",
+    retry_at: str | None = None,
 ) -> Derived:
     """`available_at` and `lease_expires_at` for a task entering `status` with
     `retries` retries left, as STATES derive them.
 
     `status` is a known status (the statement's target) or a SQL expression;
     `queued` is when the task joins its queue, `expires` when a lease it
-    enters ends. Every argument is SQL; in an UPDATE's SET list each reads
-    the row as it was before the update.
+    enters ends, `retry_at` when that lease's retry is due (default: at
+    expiry). Every argument is SQL; in an UPDATE's SET list each reads the
+    row as it was before the update.
     """
-    values: dict[Available, str | None] = {"queued": queued, "lease_expiry": expires, None: None}
+    values: dict[Available, str | None] = {
+        "queued": queued,
+        "after_lease": retry_at or expires,
+        None: None,
+    }
     return Derived(
         _column(status, retries, lambda state: values[state.available]),
         _column(status, retries, lambda state: expires if state.leased else None),
@@ -187,6 +204,8 @@ class Category:
     status: TaskStatus
     retries: Retries = "any"
     lease: Literal["valid", "expired", None] = None
+    # Whether the task's turn has come (`available_at` past) or is to come.
+    turn: Literal["come", "later", None] = None
 
     def where(self, table: str = "") -> str:
         """This category's rows as a SQL condition (on the lease clock);
@@ -198,6 +217,10 @@ class Category:
             terms.append(f"{table}lease_expires_at > {NOW}")
         elif self.lease == "expired":
             terms.append(f"{table}lease_expires_at <= {NOW}")
+        if self.turn == "come":
+            terms.append(f"{table}available_at <= {NOW}")
+        elif self.turn == "later":
+            terms.append(f"{table}available_at > {NOW}")
         return " AND ".join(terms)
 
     @property
@@ -208,11 +231,17 @@ class Category:
             lookups["lease_expires_at__gt"] = LeaseClock()
         elif self.lease == "expired":
             lookups["lease_expires_at__lte"] = LeaseClock()
+        if self.turn == "come":
+            lookups["available_at__lte"] = LeaseClock()
+        elif self.turn == "later":
+            lookups["available_at__gt"] = LeaseClock()
         return Q(**lookups)
 
 
 CATEGORIES = (
-    Category("idle", "Idle", TaskStatus.IDLE),
+    Category("idle", "Idle", TaskStatus.IDLE, turn="come"),
+    # Registered with a delay, or handed back with `retry_after`.
+    Category("scheduled", "Scheduled", TaskStatus.IDLE, turn="later"),
     Category("in_progress", "In progress", TaskStatus.IN_PROGRESS, lease="valid"),
     Category("expired", "Lease expired", TaskStatus.IN_PROGRESS, lease="expired"),
     Category("done", "Done", TaskStatus.DONE),
@@ -252,35 +281,41 @@ class Transition:
 
     sources: tuple[str, ...]
     target: TaskStatus | None
-    queued: Literal["now", "lease_expiry", "kept", None] = "now"
+    queued: Literal["now", "kept", None] = "now"
     charges: bool = False
 
 
 _LEASED = ("in_progress", "expired")
-_NOT_LEASED = ("idle", "done", "failed_retry", "failed_for_good")
-_WAITING = ("idle", "failed_retry")
-_NOT_LEASED_UNFINISHED = ("idle", "failed_retry", "failed_for_good")
+_NOT_LEASED = ("idle", "scheduled", "done", "failed_retry", "failed_for_good")
+_NOT_LEASED_UNFINISHED = ("idle", "scheduled", "failed_retry", "failed_for_good")
 
 TRANSITIONS = {
-    # A worker leases a capturable task. A task on its first try (idle) is
-    # free; any other (a failure, an expired lease) is a retry.
-    "capture": Transition((*_WAITING, "expired"), TaskStatus.IN_PROGRESS, None, charges=True),
+    # A worker leases a task whose turn has come. A task on its first try
+    # (idle) is free; any other (a failure once its backoff passed, an
+    # expired lease) is a retry. Lower priorities first, then by turn.
+    "capture": Transition(
+        ("idle", "failed_retry", "expired"), TaskStatus.IN_PROGRESS, None, charges=True
+    ),
     # The holder finishes its lease: done, failed (retried at once while it
     # has retries) or idle (handed back, no retry spent).
     "release": Transition(_LEASED, None),
     # The holder's heartbeat: the lease ends later (or sooner), nothing else.
     "extend": Transition(_LEASED, TaskStatus.IN_PROGRESS, None),
-    # The sweeper ends an expired lease: the task failed, and a retry takes
-    # its turn from when the lease expired. No retry is charged here: the
-    # capture that takes the task again pays, so one expiry is charged once.
-    "expire": Transition(("expired",), TaskStatus.FAILED, "lease_expiry"),
+    # The sweeper ends an expired lease: the task failed, and a retry keeps
+    # the turn its capture set (the lease's expiry, plus the backoff). No
+    # retry is charged here: the capture that takes the task again pays, so
+    # one expiry is charged once.
+    "expire": Transition(("expired",), TaskStatus.FAILED, "kept"),
     # Operators (admin). Ending a lease clears its token, so the holder's
     # release or extend is refused as stale.
-    "requeue": Transition(("done", "failed_retry", "failed_for_good"), TaskStatus.IDLE),
+    # Requeue also brings a scheduled task's turn forward to now.
+    "requeue": Transition(
+        ("scheduled", "done", "failed_retry", "failed_for_good"), TaskStatus.IDLE
+    ),
     "cancel_lease": Transition(_LEASED, TaskStatus.IDLE),
     # Never over a valid lease: its worker may still be at it.
     "mark_done": Transition((*_NOT_LEASED_UNFINISHED, "expired"), TaskStatus.DONE),
-    "mark_failed": Transition(("idle", "done", "expired"), TaskStatus.FAILED),
+    "mark_failed": Transition(("idle", "scheduled", "done", "expired"), TaskStatus.FAILED),
     # `import_tasks --on-conflict update`: any state the file gives, never
     # over a lease; a task that was waiting keeps its turn.
     "import_update": Transition(_NOT_LEASED, None, "kept"),
@@ -303,16 +338,16 @@ def queued_at(name: str) -> str:
     """Where a task that transition `name` makes capturable joins its queue."""
     return {
         "now": NOW,
-        "lease_expiry": "t.lease_expires_at",
         "kept": f"coalesce(t.available_at, {NOW})",
         None: "NULL",
     }[TRANSITIONS[name].queued]
 
 
 TASK_COLUMNS = (
-    "id, namespace_id, timeout, retries_left, updated_at, status, lease_expires_at, attempt"
+    "id, namespace_id, timeout, retries_left, updated_at, status, lease_expires_at, attempt,"
+    " priority, available_at"
 )
-_T_COLUMNS = ", ".join("t." + column for column in TASK_COLUMNS.split(", "))
+_T_COLUMNS = ", ".join("t." + column.strip() for column in TASK_COLUMNS.split(","))
 
 # Added to statements that finish tasks, as a data-modifying CTE over the rows
 # they changed: one Throughput row per namespace and statement, never an
@@ -327,7 +362,61 @@ _LOG_THROUGHPUT = f"""
     GROUP BY namespace_id
 """
 
-# Lease up to %(limit)s capturable tasks of one namespace.
+
+def _backoff(attempt: str, namespace: str) -> str:
+    """How long a retry waits after attempt `attempt` failed or expired, as an
+    interval, under the settings of namespace row `namespace` (none: 0).
+
+    The exponent is capped so that `power` never overflows; `backoff_max`
+    caps the wait long before."""
+    return (
+        f"CASE WHEN {namespace}.backoff_base IS NULL THEN interval '0' ELSE make_interval("
+        f"secs => least({namespace}.backoff_max, {namespace}.backoff_base"
+        f" * power(2, least(greatest({attempt} - 1, 0), 60)))"
+        f" * (1 - {namespace}.backoff_jitter * random())) END"
+    )
+
+
+def _backoff_of(attempt: str, namespace_id: str) -> str:
+    """`_backoff` for the namespace `namespace_id` names, read only when used."""
+    return (
+        f"(SELECT {_backoff(attempt, 'n')} FROM namespaces_app_namespace AS n"
+        f" WHERE n.id = {namespace_id})"
+    )
+
+
+def _record_attempts(
+    source: str, *, outcome: str, ended_at: str = NOW, error: str = "NULL", result: str = "NULL"
+) -> str:
+    """CTEs that write the ended attempts of `source` (rows with id, attempt,
+    leased_at, leased_by) to the history and drop what falls out of it.
+
+    Attempt 0 is a task registered in progress, never captured: no attempt.
+    Each task keeps its last HISTORY attempt numbers; the prune is a range
+    scan of the primary key, run only for tasks past HISTORY attempts."""
+    return f"""
+recorded AS (
+    INSERT INTO tasks_app_attempt
+        (task_id, attempt, captured_at, ended_at, outcome, error, result, leased_by)
+    SELECT r.id, r.attempt, r.leased_at, {ended_at}, {outcome}, {error}, {result}, r.leased_by
+    FROM {source} AS r
+    WHERE r.attempt > 0
+    ON CONFLICT DO NOTHING
+), pruned AS (
+    DELETE FROM tasks_app_attempt AS a
+    USING (SELECT id, attempt FROM {source} WHERE attempt > {HISTORY}) AS r
+    WHERE a.task_id = r.id AND a.attempt <= r.attempt - {HISTORY}
+)"""
+
+
+# Lease up to %(limit)s capturable tasks of one namespace, lower priorities
+# first, each level in the order the tasks' turns came.
+#
+# One index range scan per priority level, in order, and none past the level
+# that fills the batch: the LIMIT above the LATERAL join stops pulling rows,
+# and so stops locking them, once it has %(limit)s. Each scan ends at the
+# clock (`available_at <= now` bounds the index range), so tasks delayed into
+# the future cost a capture nothing.
 #
 # The MATERIALIZED CTE is evaluated once, so LIMIT holds: written as
 # `UPDATE ... WHERE id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)`, the
@@ -337,10 +426,17 @@ _LOG_THROUGHPUT = f"""
 # a CTE.) SKIP LOCKED lets concurrent captures pass each other instead of
 # queueing on the same head-of-line rows; each row it locks is re-checked
 # against the WHERE clause on its latest version, so a task leased by a
-# capture that committed in between is not leased again.
+# capture that committed in between is not leased again, and the values it
+# returns are that latest version's.
 #
 # Every capture starts a new lease: a fresh random token (the fence that
-# release and extend check) and the next attempt number.
+# release and extend check), the next attempt number, its start and the name
+# of the token that took it (%(holder)s). A lease it takes over from a holder
+# whose lease expired (the sweeper had not come by) ends that attempt as
+# expired.
+#
+# A retry left is due when the lease expires plus the namespace's backoff
+# for this attempt, so the sweeper and a later capture agree on it.
 #
 # The answer lists the leases in the order they were queued: an UPDATE's
 # RETURNING follows whatever join the planner chose, not the CTE's order.
@@ -349,18 +445,29 @@ _LOG_THROUGHPUT = f"""
 # reads `t`, the row's latest version (PostgreSQL re-reads a row updated since
 # the statement's snapshot), never a value copied out of the snapshot.
 _CAPTURE_RETRIES = f"t.retries_left - {_charge('t.status')}"
+_CAPTURE_EXPIRES = f"{NOW} + make_interval(secs => t.timeout)"
 _CAPTURE_DERIVED = derived(
-    TaskStatus.IN_PROGRESS, _CAPTURE_RETRIES, expires=f"{NOW} + make_interval(secs => t.timeout)"
+    TaskStatus.IN_PROGRESS,
+    _CAPTURE_RETRIES,
+    expires=_CAPTURE_EXPIRES,
+    retry_at=f"{_CAPTURE_EXPIRES} + {_backoff('t.attempt + 1', 'n')}",
 ).assignments
 CAPTURE = f"""
 WITH picked AS MATERIALIZED (
-    SELECT id, available_at
-    FROM tasks_app_task
-    WHERE namespace_id = %(namespace_id)s
-      AND available_at <= {NOW}
-    ORDER BY available_at
+    SELECT c.*
+    FROM generate_series({PRIORITIES[0]}, {PRIORITIES[-1]}) AS p(priority)
+    CROSS JOIN LATERAL (
+        SELECT id, priority, available_at, status, attempt, leased_at, leased_by,
+               lease_expires_at
+        FROM tasks_app_task
+        WHERE namespace_id = %(namespace_id)s
+          AND priority = p.priority
+          AND available_at <= {NOW}
+        ORDER BY available_at
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS c
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
 ), leased AS (
     UPDATE tasks_app_task AS t
     SET status = 'in_progress',
@@ -368,13 +475,30 @@ WITH picked AS MATERIALIZED (
         updated_at = {NOW},
         {_CAPTURE_DERIVED},
         lease_token = gen_random_uuid(),
-        attempt = t.attempt + 1
+        attempt = t.attempt + 1,
+        leased_at = {NOW},
+        leased_by = %(holder)s
+    FROM picked, namespaces_app_namespace AS n
+    WHERE t.id = picked.id AND n.id = %(namespace_id)s
+    RETURNING {_T_COLUMNS}, t.lease_token::text AS lease_token, t.payload,
+              picked.available_at AS queued_at
+), taken_over AS (
+    SELECT id, attempt, leased_at, leased_by, lease_expires_at
     FROM picked
-    WHERE t.id = picked.id
-    RETURNING {_T_COLUMNS}, t.lease_token::text AS lease_token, picked.available_at AS queued_at
-)
-SELECT {TASK_COLUMNS}, lease_token FROM leased ORDER BY queued_at, id
+    WHERE status = 'in_progress'
+), {_record_attempts("taken_over", outcome="'expired'", ended_at="r.lease_expires_at")}
+SELECT {TASK_COLUMNS}, lease_token, payload FROM leased ORDER BY priority, queued_at, id
 """
+
+
+def capture_params(namespace_id: str, limit: int, holder: str | None = None) -> dict[str, Any]:
+    """CAPTURE's parameters. Its rows: TASK_COLUMNS, lease_token, payload."""
+    return {"namespace_id": namespace_id, "limit": limit, "holder": holder}
+
+
+# Where a captured row carries its lease token.
+CAPTURED_TOKEN = len(TASK_COLUMNS.split(", "))
+
 
 # The fence shared by release and extend.
 #
@@ -391,11 +515,14 @@ SELECT {TASK_COLUMNS}, lease_token FROM leased ORDER BY queued_at, id
 #
 # `decided` names, for every id asked for, why it is refused (NULL when it
 # goes through): the code and the state it reports come from the row that
-# decided, in this statement, never from a second read.
+# decided, in this statement, never from a second read. It carries what the
+# release gives each lease (`result`, `error`: JSON text, NULL when none).
 #
 # The id and token arrays travel in binary (`%(...)b`): psycopg dumps a list
 # of strings several times faster that way than as an array literal, which it
 # must quote element by element (bench/fence.py measures the difference).
+# The result and error arrays are NULL unless a release gives any: unnest
+# pads a NULL array with NULLs.
 #
 # A NULL token (the seed's `task_ids` form) accepts whichever lease the task
 # is under. A token that is not the task's latest lease is stale whatever the
@@ -405,8 +532,9 @@ SELECT {TASK_COLUMNS}, lease_token FROM leased ORDER BY queued_at, id
 # by the sweeper) is `not_in_progress`.
 _FENCE = """
 WITH asked AS (
-    SELECT a.id, a.token
-    FROM unnest(%(ids)b::text[], %(tokens)b::text[]) AS a(id, token)
+    SELECT a.id, a.token, a.result, a.error
+    FROM unnest(%(ids)b::text[], %(tokens)b::text[], %(results)s::text[], %(errors)s::text[])
+         AS a(id, token, result, error)
 ), seen AS MATERIALIZED (
     SELECT t.id, t.status, t.lease_token
     FROM tasks_app_task AS t
@@ -420,6 +548,7 @@ WITH asked AS (
     FOR UPDATE
 ), decided AS MATERIALIZED (
     SELECT asked.id, coalesce(locked.status, seen.status) AS status,
+           asked.result, asked.error,
            CASE
                WHEN seen.id IS NULL THEN 'not_found'
                WHEN locked.id IS NULL AND seen.status = 'in_progress' THEN 'not_found'
@@ -453,34 +582,110 @@ SELECT decided.problem, decided.status, {refused} FROM decided WHERE decided.pro
 
 
 # Finish the leases of %(ids)s with %(status)s (done, failed or idle), fenced
-# by %(tokens)s (see _FENCE). A failed task with retries left becomes
-# capturable at once; one handed back as idle keeps its retries. The token
-# stays, so the holder's second release is `not_in_progress`, not stale.
+# by %(tokens)s (see _FENCE). A task failed with retries left, or handed back
+# idle, is capturable again after %(retry_after)s seconds when given, else at
+# once when idle, and after the namespace's backoff when failed; one handed
+# back keeps its retries. The token stays, so the holder's second release is
+# `not_in_progress`, not stale.
+#
+# `done` stores the lease's result (none: NULL); `failed` and `idle` store
+# its error when one is given. The ended attempt goes to the history: every
+# one, or all but done ones, as the namespace keeps it (`history`).
+_RELEASE_QUEUED = (
+    f"{NOW} + coalesce(make_interval(secs => %(retry_after)s::int),"
+    f" CASE WHEN %(status)s::text = 'failed'"
+    f" THEN {_backoff_of('t.attempt', 't.namespace_id')} END, interval '0')"
+)
+_RELEASE_OUTCOME = (
+    "CASE %(status)s::text WHEN 'done' THEN 'done' WHEN 'failed' THEN 'failed'"
+    " ELSE 'handed_back' END"
+)
 RELEASE = f"""
 {_FENCE}, released AS (
     UPDATE tasks_app_task AS t
     SET status = %(status)s::text,
         updated_at = {NOW},
-        {derived("%(status)s::text", "t.retries_left").assignments}
+        {derived("%(status)s::text", "t.retries_left", queued=_RELEASE_QUEUED).assignments},
+        result = CASE WHEN %(status)s::text = 'done' THEN decided.result::jsonb
+                      ELSE t.result END,
+        last_error = CASE WHEN %(status)s::text <> 'done' AND decided.error IS NOT NULL
+                          THEN decided.error::jsonb ELSE t.last_error END
     FROM decided
     WHERE t.id = decided.id AND decided.problem IS NULL
-    RETURNING {_T_COLUMNS}
-), logged AS ({_LOG_THROUGHPUT.format(source="released")})
+    RETURNING {_T_COLUMNS}, t.leased_at, t.leased_by, decided.result, decided.error
+), kept AS (
+    SELECT * FROM released AS r
+    WHERE %(status)s::text <> 'done'
+       OR r.namespace_id = ANY(ARRAY(
+           SELECT id FROM namespaces_app_namespace WHERE history = 'all'))
+), {
+    _record_attempts(
+        "kept", outcome=_RELEASE_OUTCOME, error="r.error::jsonb", result="r.result::jsonb"
+    )
+}, logged AS ({_LOG_THROUGHPUT.format(source="released")})
 {_fence_answer(TASK_COLUMNS.split(", "), "released")}
 """
+
+
+def release_params(
+    ids: list[str],
+    tokens: list[str] | None,
+    status: str,
+    *,
+    scope: list[str] | None = None,
+    results: list[str | None] | None = None,
+    errors: list[str | None] | None = None,
+    retry_after: int | None = None,
+) -> dict[str, Any]:
+    """RELEASE's parameters (`tokens` None: the seed's form; `results` and
+    `errors` JSON text per id)."""
+    return {
+        "ids": ids,
+        "tokens": tokens,
+        "status": status,
+        "scope": scope,
+        "results": results,
+        "errors": errors,
+        "retry_after": retry_after,
+    }
+
+
+def extend_params(
+    ids: list[str],
+    tokens: list[str] | None,
+    *,
+    timeout: int | None = None,
+    scope: list[str] | None = None,
+) -> dict[str, Any]:
+    """EXTEND's parameters. Its rows: as the fence answers, TASK_COLUMNS and lease_token."""
+    return {
+        "ids": ids,
+        "tokens": tokens,
+        "timeout": timeout,
+        "scope": scope,
+        "results": None,
+        "errors": None,
+    }
+
 
 # Heartbeat: the leases of %(ids)s, fenced by %(tokens)s, now end
 # %(timeout)s seconds from now (the task's own timeout when NULL). Status,
 # retries, attempt and token stay; the expiry may move earlier as well as
-# later. `available_at` follows `lease_expires_at` while a retry is left, as
-# the CHECK constraint requires, so capture and the sweeper see the new
+# later. `available_at` keeps its distance from `lease_expires_at` (the
+# backoff) while a retry is left, so capture and the sweeper see the new
 # expiry at once.
 _EXTENDED = f"{NOW} + make_interval(secs => coalesce(%(timeout)s::int, t.timeout))"
+_EXTEND_DERIVED = derived(
+    TaskStatus.IN_PROGRESS,
+    "t.retries_left",
+    expires=_EXTENDED,
+    retry_at=f"{_EXTENDED} + (t.available_at - t.lease_expires_at)",
+).assignments
 EXTEND = f"""
 {_FENCE}, extended AS (
     UPDATE tasks_app_task AS t
     SET updated_at = {NOW},
-        {derived(TaskStatus.IN_PROGRESS, "t.retries_left", expires=_EXTENDED).assignments}
+        {_EXTEND_DERIVED}
     FROM decided
     WHERE t.id = decided.id AND decided.problem IS NULL
     RETURNING {_T_COLUMNS}, t.lease_token::text AS lease_token
@@ -488,26 +693,28 @@ EXTEND = f"""
 {_fence_answer([*TASK_COLUMNS.split(", "), "lease_token"], "extended")}
 """
 
-# Register tasks from parallel arrays, skipping ids that exist (the caller
-# compares what came back with what it sent). A task registered in progress is
-# leased from now, as if captured at registration.
-#
-# The timestamps come from clock_timestamp(), read once per row, rather than
-# the statement's clock, so that tasks registered in one batch line up for
-# FIFO in the order they were given.
+# Register tasks, skipping ids that exist (the caller compares what came back
+# with what it sent). A task registered in progress is leased from
+# registration, as if captured then (attempt 0: it was never captured).
 #
 # INSERT_NEW_TASKS takes its rows from a relation `v` (id, namespace_id,
-# timeout, retries_left, status, ts) and derives the lease columns for the
-# state each task starts in; bulk import shares it.
+# timeout, retries_left, status, priority, payload as JSON text, available_at:
+# the turn it was given, NULL for none; ts: its registration) and derives the
+# lease columns for the state each task starts in; bulk import shares it.
 _REGISTERED = derived(
-    "v.status", "v.retries_left", queued="v.ts", expires="v.ts + make_interval(secs => v.timeout)"
+    "v.status",
+    "v.retries_left",
+    queued="coalesce(v.available_at, v.ts)",
+    expires="v.ts + make_interval(secs => v.timeout)",
 )
 INSERT_NEW_TASKS = f"""
 INSERT INTO tasks_app_task
-    (id, namespace_id, timeout, retries_left, status,
-     created_at, updated_at, available_at, lease_expires_at)
-SELECT v.id, v.namespace_id, v.timeout, v.retries_left, v.status,
-       v.ts, v.ts, {_REGISTERED.available_at}, {_REGISTERED.lease_expires_at}
+    (id, namespace_id, timeout, retries_left, status, priority, payload,
+     created_at, updated_at, available_at, lease_expires_at, leased_at)
+SELECT v.id, v.namespace_id, v.timeout, v.retries_left, v.status, v.priority,
+       v.payload::jsonb, v.ts, v.ts,
+       {_REGISTERED.available_at}, {_REGISTERED.lease_expires_at},
+       CASE WHEN v.status = 'in_progress' THEN v.ts END
 """
 
 # Rows are inserted in id order (the primary key's C collation), whatever
@@ -528,13 +735,22 @@ def stamp(ord_: str, count: str) -> str:
     return f"{NOW} - ({count} - {ord_}) * interval '1 microsecond'"
 
 
+# A delay (%(delays)s, seconds) counts from the statement's clock; a task
+# given neither a delay nor a time (%(availables)s) takes its turn at
+# registration.
 REGISTER = f"""
 {INSERT_NEW_TASKS}
 FROM (
-    SELECT u.*, {stamp("u.ord", "cardinality(%(ids)s::text[])")} AS ts
+    SELECT u.id, u.namespace_id, u.timeout, u.retries_left, u.status, u.priority,
+           u.payload,
+           coalesce(u.available_at, {NOW} + make_interval(secs => u.delay)) AS available_at,
+           {stamp("u.ord", "cardinality(%(ids)s::text[])")} AS ts
     FROM unnest(%(ids)s::text[], %(namespace_ids)s::text[], %(timeouts)s::int[],
-                %(retries)s::int[], %(statuses)s::text[]) WITH ORDINALITY
-         AS u(id, namespace_id, timeout, retries_left, status, ord)
+                %(retries)s::int[], %(statuses)s::text[], %(priorities)s::smallint[],
+                %(payloads)s::text[], %(availables)s::timestamptz[], %(delays)s::float8[])
+         WITH ORDINALITY
+         AS u(id, namespace_id, timeout, retries_left, status, priority, payload,
+              available_at, delay, ord)
 ) AS v
 {INSERT_IN_ID_ORDER}
 ON CONFLICT (id) DO NOTHING
@@ -542,17 +758,22 @@ RETURNING {TASK_COLUMNS}
 """
 
 
-# Hold the namespaces a registration names until it commits. FOR KEY SHARE is
-# the lock the foreign key itself takes: it does not block other registrations
-# or captures, only a concurrent delete of the namespace.
+# Hold the namespaces a registration names until it commits, and read the
+# defaults they give tasks. FOR KEY SHARE is the lock the foreign key itself
+# takes: it does not block other registrations or captures, only a
+# concurrent delete of the namespace.
 LOCK_NAMESPACES = """
-SELECT id FROM namespaces_app_namespace WHERE id = ANY(%(ids)s) FOR KEY SHARE
+SELECT id, default_timeout, default_retries
+FROM namespaces_app_namespace
+WHERE id = ANY(%(ids)s)
+FOR KEY SHARE
 """
 
 # End up to %(batch)s expired leases: the task becomes failed, capturable again
-# while it has retries left (it takes its turn from when its lease expired),
-# terminal otherwise. No retry is charged here; the capture that picks the
-# task up again pays for it, so one expiry is never charged twice.
+# while it has retries left at the turn its capture set (the expiry plus the
+# backoff), terminal otherwise; the attempt goes to the history as expired.
+# No retry is charged here; the capture that picks the task up again pays
+# for it, so one expiry is never charged twice.
 #
 # SKIP LOCKED: the sweep never waits on, or blocks, a capture or release in
 # flight, and two overlapping sweeps split the expired rows between them. A
@@ -560,7 +781,7 @@ SELECT id FROM namespaces_app_namespace WHERE id = ANY(%(ids)s) FOR KEY SHARE
 # the re-check on the row's latest version drops it from the batch.
 RECLAIM_EXPIRED = f"""
 WITH expired AS MATERIALIZED (
-    SELECT id
+    SELECT id, lease_expires_at
     FROM tasks_app_task
     WHERE {CATEGORY["expired"].where()}
     ORDER BY lease_expires_at
@@ -573,14 +794,17 @@ WITH expired AS MATERIALIZED (
         {derived(TaskStatus.FAILED, "t.retries_left", queued=queued_at("expire")).assignments}
     FROM expired
     WHERE t.id = expired.id
-    RETURNING t.namespace_id, t.status, t.retries_left
-), logged AS ({_LOG_THROUGHPUT.format(source="reclaimed")})
+    RETURNING t.id, t.namespace_id, t.status, t.retries_left, t.attempt, t.leased_at,
+              t.leased_by, expired.lease_expires_at
+), {_record_attempts("reclaimed", outcome="'expired'", ended_at="r.lease_expires_at")},
+logged AS ({_LOG_THROUGHPUT.format(source="reclaimed")})
 SELECT retries_left > 0 FROM reclaimed
 """
 
 # Delete up to %(batch)s done tasks of one namespace last updated before
 # %(cutoff)s, oldest first (a range scan of `task_done_idx`). Batches keep
-# each transaction, and the locks it holds, short.
+# each transaction, and the locks it holds, short. Their attempts go with
+# them (ON DELETE CASCADE).
 PURGE_DONE = """
 WITH doomed AS MATERIALIZED (
     SELECT id
@@ -610,10 +834,11 @@ SET finished_at = EXCLUDED.finished_at, affected = EXCLUDED.affected, detail = E
 # Operator actions (admin): move the tasks of %(ids)s that satisfy a
 # condition into a new state, locking them in id order like RELEASE, and
 # re-checking the condition on each row's latest version once locked. `ts`
-# is the statement's clock. Each returns the rows it changed.
+# is the statement's clock. A lease the action ends goes to the history as
+# cancelled. Each returns the rows it changed.
 _OPERATOR_ACTION = """
-WITH target AS (
-    SELECT id
+WITH target AS MATERIALIZED (
+    SELECT id, status, attempt, leased_at, leased_by
     FROM tasks_app_task
     WHERE id = ANY(%(ids)s) AND ({condition})
     ORDER BY id
@@ -624,7 +849,9 @@ WITH target AS (
     FROM target
     WHERE t.id = target.id
     RETURNING t.id, t.namespace_id, t.status
-), logged AS ({log})
+), ended AS (
+    SELECT * FROM target WHERE status = 'in_progress'
+), {record}, logged AS ({log})
 SELECT id FROM changed
 """
 
@@ -643,11 +870,13 @@ def _operator_action(name: str, *, retries: str = "t.retries_left", extra: str =
     return _OPERATOR_ACTION.format(
         condition=any_of(transition.sources),
         assignments=assignments,
+        record=_record_attempts("ended", outcome="'cancelled'").strip(),
         log=_LOG_THROUGHPUT.format(source="changed"),
     )
 
 
-# Back to idle from done or failed; %(retries)s, when not NULL, resets retries.
+# Back to idle from done or failed, or a scheduled task's turn brought
+# forward; %(retries)s, when not NULL, resets retries.
 REQUEUE = _operator_action(
     "requeue",
     retries="COALESCE(%(retries)s, t.retries_left)",

@@ -4,7 +4,7 @@ from django.db.models.functions import Now
 
 from namespaces_app.models import Namespace
 from taskq_project.ids import MAX_ID_LENGTH
-from tasks_app.lease import CATEGORY, STATE_CONSISTENT, TaskStatus
+from tasks_app.lease import CATEGORY, PRIORITIES, STATE_CONSISTENT, TaskStatus
 
 # PostgreSQL `integer` bounds: values beyond them are refused at the edge
 # instead of overflowing in the database.
@@ -13,6 +13,9 @@ DEFAULT_TIMEOUT = 300
 DEFAULT_RETRIES = 3
 # They name endpoints under /v1/task/, so a task of that id could not be read.
 RESERVED_TASK_IDS = frozenset({"capture", "release", "extend"})
+# `/v1/task/{id}/attempts` lists a task's attempts, so no id may end so.
+RESERVED_TASK_ID_SUFFIXES = ("/attempts",)
+MIN_PRIORITY, MAX_PRIORITY = PRIORITIES[0], PRIORITIES[-1]
 
 
 class TaskQuerySet(models.QuerySet["Task"]):
@@ -58,20 +61,35 @@ class Task(models.Model):
     lease_token = models.UUIDField(null=True, blank=True, editable=False)
     # How many times the task has been captured (1 during its first lease).
     attempt = models.IntegerField(db_default=0, default=0, editable=False)
+    # When the latest lease began and the name of the API token that took it,
+    # for the attempt history (`Attempt`) once it ends. NULL, not "": no
+    # token took it (registered in progress, or captured in-process).
+    leased_at = models.DateTimeField(null=True, blank=True, editable=False)
+    leased_by = models.TextField(null=True, blank=True, editable=False)  # noqa: DJ001
+    # Capture leases lower numbers first (beanstalkd's and Oban's convention).
+    priority = models.SmallIntegerField(db_default=0, default=0)
+    # What the worker needs, as given at registration (jsonb).
+    payload = models.JSONField(null=True, blank=True)
+    # The latest `done` release's result, and the latest error a `failed` or
+    # `idle` release gave.
+    result = models.JSONField(null=True, blank=True, editable=False)
+    last_error = models.JSONField(null=True, blank=True, editable=False)
 
     objects = TaskQuerySet.as_manager()
 
     class Meta:
         ordering = ["namespace_id", "id"]
         indexes = [
-            # Capture: `WHERE namespace_id = $1 AND available_at <= now()
-            # ORDER BY available_at LIMIT n`. Partial, so done and dead tasks
+            # Capture, one priority level at a time: `WHERE namespace_id = $1
+            # AND priority = $2 AND available_at <= now() ORDER BY
+            # available_at LIMIT n`, a range scan that stops at now, however
+            # many tasks wait for later. Partial, so done and dead tasks
             # never enter it and the scan stays short as they pile up.
             # INCLUDE status: the dashboard counts the active tasks of each
             # namespace by status from this index alone.
             models.Index(
-                fields=["namespace", "available_at"],
-                name="task_capture_idx",
+                fields=["namespace", "priority", "available_at"],
+                name="task_capture_priority_idx",
                 condition=Q(available_at__isnull=False),
                 include=["status"],
             ),
@@ -118,6 +136,10 @@ class Task(models.Model):
                 condition=Q(retries_left__gte=0, retries_left__lte=MAX_INT),
                 name="task_retries_left_range",
             ),
+            models.CheckConstraint(
+                condition=Q(priority__gte=MIN_PRIORITY, priority__lte=MAX_PRIORITY),
+                name="task_priority_range",
+            ),
             models.CheckConstraint(condition=STATE_CONSISTENT, name="task_state_consistent"),
         ]
 
@@ -158,3 +180,46 @@ class Throughput(models.Model):
 
     def __str__(self) -> str:
         return f"{self.namespace_id} {self.at:%H:%M}: {self.done} done, {self.failed} failed"
+
+
+class Outcome(models.TextChoices):
+    """How an attempt ended."""
+
+    DONE = "done"
+    FAILED = "failed"
+    HANDED_BACK = "handed_back"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
+class Attempt(models.Model):
+    """An ended lease of a task: the attempt history (the last `HISTORY` kept).
+
+    Written by the statement that ends the lease (tasks_app.lease); the lease
+    in progress is the task's own row. Deleted with its task (ON DELETE
+    CASCADE in the database, so the statements' plain DELETEs cascade too).
+    """
+
+    pk = models.CompositePrimaryKey("task_id", "attempt")
+    # The primary key (task_id, attempt) serves every lookup by task; the
+    # constraint is the migration's, with ON DELETE CASCADE.
+    task = models.ForeignKey(
+        Task,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="attempts",
+    )
+    attempt = models.IntegerField()
+    captured_at = models.DateTimeField(null=True)
+    ended_at = models.DateTimeField()
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    error = models.JSONField(null=True)
+    result = models.JSONField(null=True)
+    leased_by = models.TextField(null=True)  # noqa: DJ001 (as Task.leased_by)
+
+    class Meta:
+        ordering = ["task_id", "-attempt"]
+
+    def __str__(self) -> str:
+        return f"{self.task_id} attempt {self.attempt}: {self.outcome}"

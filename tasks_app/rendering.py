@@ -26,11 +26,26 @@ class TaskLike(Protocol):
     def lease_expires_at(self) -> datetime | None: ...
     @property
     def attempt(self) -> int: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def available_at(self) -> datetime | None: ...
 
 
 class LeaseLike(TaskLike, Protocol):
     @property
     def lease_token(self) -> str: ...
+    @property
+    def payload(self) -> Any: ...
+
+
+class DetailedTask(TaskLike, Protocol):
+    @property
+    def payload(self) -> Any: ...
+    @property
+    def result(self) -> Any: ...
+    @property
+    def last_error(self) -> Any: ...
 
 
 def _unix(value: datetime | None) -> int | None:
@@ -49,15 +64,45 @@ def render_task(task: TaskLike) -> dict[str, Any]:
         "lease_expires_at": _unix(task.lease_expires_at),
         # Additive: how many times the task has been captured.
         "attempt": task.attempt,
+        "priority": task.priority,
+        # When the task is capturable next: its turn, or its lease's retry
+        # (null when never).
+        "available_at": _unix(task.available_at),
     }
 
 
-def render_lease(task: LeaseLike) -> dict[str, Any]:
-    """A task as its lease holder sees it (capture, extend): with the token.
+def render_detail(task: DetailedTask, *, outcome: bool = True) -> dict[str, Any]:
+    """A task with its payload (`GET /v1/task/{id}`, lists asked for it), and
+    with the latest result and error when `outcome`."""
+    rendered = render_task(task)
+    rendered["payload"] = task.payload
+    if outcome:
+        rendered["result"] = task.result
+        rendered["last_error"] = task.last_error
+    return rendered
+
+
+def render_lease(task: LeaseLike, *, payload: bool = False) -> dict[str, Any]:
+    """A task as its lease holder sees it (capture, extend): with the token,
+    and the payload when the lease is new (capture).
 
     Nothing else renders the token, so reading a task never lets anyone take
     its lease over.
     """
     rendered = render_task(task)
     rendered["lease_token"] = task.lease_token
+    if payload:
+        rendered["payload"] = task.payload
     return rendered
+
+
+def render_attempt(attempt: Any) -> dict[str, Any]:
+    return {
+        "attempt": attempt.attempt,
+        "captured_at": _unix(attempt.captured_at),
+        "ended_at": _unix(attempt.ended_at),
+        "outcome": attempt.outcome or "in_progress",
+        "error": attempt.error,
+        "result": attempt.result,
+        "leased_by": attempt.leased_by,
+    }

@@ -4,21 +4,40 @@ Lease fields (`updated_at`, `lease_expires_at`) are never writable: they only
 change through capture and release.
 """
 
+from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from taskq_project.api import IdField, StrictIntegerField, StrictSerializer
 from tasks_app.models import (
-    DEFAULT_RETRIES,
-    DEFAULT_TIMEOUT,
     MAX_INT,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    RESERVED_TASK_ID_SUFFIXES,
     RESERVED_TASK_IDS,
     TaskStatus,
 )
-from tasks_app.services import MAX_BATCH, MAX_EXTEND_SECONDS, RELEASE_STATUSES, Lease, NewTask
+from tasks_app.services import (
+    MAX_BATCH,
+    MAX_EXTEND_SECONDS,
+    RELEASE_STATUSES,
+    Lease,
+    NewTask,
+    Outcome,
+)
+
+# Serialized (compact JSON, UTF-8) sizes.
+MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_RESULT_BYTES = 64 * 1024
+MAX_ERROR_BYTES = 8 * 1024
+# The last second PostgreSQL and Python both hold: 9999-12-31 23:59:59 UTC.
+MAX_UNIX_SECONDS = 253_402_300_799
+# Statuses whose task can wait for a turn (a delay means nothing for the rest).
+DELAYABLE_STATUSES = (TaskStatus.IDLE, TaskStatus.FAILED)
 
 
 class TaskIdField(IdField):
@@ -28,18 +47,66 @@ class TaskIdField(IdField):
             raise serializers.ValidationError(
                 f"{value!r} is reserved (it names an endpoint under /v1/task/)."
             )
+        for suffix in RESERVED_TASK_ID_SUFFIXES:
+            if value.endswith(suffix):
+                raise serializers.ValidationError(
+                    f"An id must not end with {suffix!r} (/v1/task/{{id}}{suffix} is an endpoint)."
+                )
         return value
+
+
+class JSONValueField(serializers.JSONField):
+    """Any JSON value (null included), at most `max_bytes` serialized."""
+
+    def __init__(self, *, max_bytes: int, **kwargs: Any) -> None:
+        self.max_bytes = max_bytes
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> Any:
+        value = super().to_internal_value(data)
+        try:
+            size = len(orjson.dumps(value))
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            # An integer beyond 64 bits, for one: not storable as given.
+            raise serializers.ValidationError(f"Not storable as JSON: {exc}.") from None
+        if size > self.max_bytes:
+            raise serializers.ValidationError(
+                f"At most {self.max_bytes} bytes as compact JSON (got {size})."
+            )
+        return value
+
+
+def _error_field(**kwargs: Any) -> JSONValueField:
+    return JSONValueField(max_bytes=MAX_ERROR_BYTES, **kwargs)
 
 
 class TaskCreateSerializer(StrictSerializer):
     id = TaskIdField()
     namespace_id = IdField()
-    timeout = StrictIntegerField(min_value=1, max_value=MAX_INT, default=DEFAULT_TIMEOUT)
-    retries_left = StrictIntegerField(min_value=0, max_value=MAX_INT, default=DEFAULT_RETRIES)
+    # Not given: the namespace's default, else 300 s and 3.
+    timeout = StrictIntegerField(min_value=1, max_value=MAX_INT, required=False)
+    retries_left = StrictIntegerField(min_value=0, max_value=MAX_INT, required=False)
     status = serializers.ChoiceField(choices=TaskStatus.values, default=TaskStatus.IDLE)
+    priority = StrictIntegerField(min_value=MIN_PRIORITY, max_value=MAX_PRIORITY, default=0)
+    payload = JSONValueField(max_bytes=MAX_PAYLOAD_BYTES, required=False, allow_null=True)
+    available_at = StrictIntegerField(min_value=0, max_value=MAX_UNIX_SECONDS, required=False)
+    delay = StrictIntegerField(min_value=0, max_value=MAX_INT, required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if "available_at" in attrs and "delay" in attrs:
+            raise serializers.ValidationError({"delay": ["Give available_at or delay, not both."]})
+        held = "available_at" if "available_at" in attrs else "delay" if "delay" in attrs else None
+        if held and attrs.get("status", TaskStatus.IDLE) not in DELAYABLE_STATUSES:
+            raise serializers.ValidationError(
+                {held: [f"Only an idle or failed task can wait (status is {attrs['status']})."]}
+            )
+        return attrs
 
     def to_new_task(self) -> NewTask:
-        return NewTask(**self.validated_data)
+        data = dict(self.validated_data)
+        if "available_at" in data:
+            data["available_at"] = datetime.fromtimestamp(data["available_at"], UTC)
+        return NewTask(**data)
 
 
 MAX_LEASE_TOKEN_LENGTH = 64
@@ -78,32 +145,43 @@ class LeaseSerializer(StrictSerializer):
         return super().to_internal_value(data)
 
 
+class ReleasedLeaseSerializer(LeaseSerializer):
+    """A lease being released, with what it came to (its status allowing)."""
+
+    result = JSONValueField(max_bytes=MAX_RESULT_BYTES, required=False, allow_null=True)
+    error = _error_field(required=False, allow_null=True)
+
+
 class LeaseListField(serializers.ListField):
     """Up to 1,000 leases; one id given twice must carry the same token."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, released: bool = False, **kwargs: Any) -> None:
         # min_length and max_length as well, so that the schema states them.
         super().__init__(
-            child=LeaseSerializer(),
+            child=ReleasedLeaseSerializer() if released else LeaseSerializer(),
             allow_empty=False,
             min_length=1,
             max_length=MAX_BATCH,
             **kwargs,
         )
 
-    def to_internal_value(self, data: Any) -> list[Lease]:
+    def to_internal_value(self, data: Any) -> list[dict[str, Any]]:
         if isinstance(data, list) and len(data) > MAX_BATCH:
             raise serializers.ValidationError(
                 f"At most {MAX_BATCH} leases per call (got {len(data)})."
             )
-        leases = [Lease(**item) for item in super().to_internal_value(data)]
+        items = super().to_internal_value(data)
         tokens: dict[str, str] = {}
-        for lease in leases:
-            if tokens.setdefault(lease.id, lease.lease_token) != lease.lease_token:
+        for item in items:
+            if tokens.setdefault(item["id"], item["lease_token"]) != item["lease_token"]:
                 raise serializers.ValidationError(
-                    f"Task {lease.id!r} is given twice with different lease tokens."
+                    f"Task {item['id']!r} is given twice with different lease tokens."
                 )
-        return leases
+        return items
+
+
+def _leases(items: list[dict[str, Any]]) -> list[Lease]:
+    return [Lease(item["id"], item["lease_token"]) for item in items]
 
 
 class ReleaseSerializer(StrictSerializer):
@@ -113,7 +191,50 @@ class ReleaseSerializer(StrictSerializer):
     task_ids = serializers.ListField(
         child=IdField(), allow_empty=False, min_length=1, max_length=MAX_BATCH, required=False
     )
-    leases = LeaseListField(required=False)
+    leases = LeaseListField(released=True, required=False)
+    # For every task of the batch, unless its lease gives its own.
+    result = JSONValueField(max_bytes=MAX_RESULT_BYTES, required=False, allow_null=True)
+    error = _error_field(required=False, allow_null=True)
+    retry_after = StrictIntegerField(min_value=0, max_value=MAX_INT, required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        status = attrs["status"]
+        given = [attrs, *attrs.get("leases", [])]
+        where = {"result": "done", "error": "failed or idle", "retry_after": "failed or idle"}
+        allowed = {"result": status == "done", "error": status != "done"}
+        allowed["retry_after"] = allowed["error"]
+        for field_name, ok in allowed.items():
+            if not ok and any(field_name in item for item in given):
+                raise serializers.ValidationError(
+                    {field_name: [f"Only a {where[field_name]} release carries {field_name}."]}
+                )
+        return attrs
+
+    def release_arguments(self) -> dict[str, Any]:
+        """The keyword arguments of `services.release_tasks`."""
+        data = self.validated_data
+        batch = Outcome(result=data.get("result"), error=data.get("error"))
+        arguments: dict[str, Any] = {
+            "status": data["status"],
+            "retry_after": data.get("retry_after"),
+        }
+        if "task_ids" in data:
+            arguments["task_ids"] = data["task_ids"]
+            ids = data["task_ids"]
+            own: dict[str, Outcome] = {}
+        else:
+            arguments["leases"] = _leases(data["leases"])
+            ids = [item["id"] for item in data["leases"]]
+            own = {
+                item["id"]: Outcome(
+                    result=item.get("result", batch.result), error=item.get("error", batch.error)
+                )
+                for item in data["leases"]
+                if "result" in item or "error" in item
+            }
+        if batch != Outcome() or own:
+            arguments["outcomes"] = {task_id: own.get(task_id, batch) for task_id in ids}
+        return arguments
 
     def to_internal_value(self, data: Any) -> Any:
         # Check the batch size before validating each id of an oversized list.
@@ -162,6 +283,10 @@ class ReleaseSerializer(StrictSerializer):
 class ExtendSerializer(StrictSerializer):
     leases = LeaseListField()
     timeout = StrictIntegerField(min_value=1, max_value=MAX_EXTEND_SECONDS, required=False)
+
+    def extend_arguments(self) -> dict[str, Any]:
+        data = self.validated_data
+        return {"leases": _leases(data["leases"]), "timeout": data.get("timeout")}
 
 
 class CaptureSerializer(StrictSerializer):

@@ -6,12 +6,13 @@ database clock.
 """
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, NamedTuple, TypeVar
 
+import orjson
 from django.db import connection, transaction
 from django.db.models import QuerySet
 
@@ -24,6 +25,7 @@ from tasks_app.models import (
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
     MAX_INT,
+    Attempt,
     Task,
     TaskStatus,
 )
@@ -43,6 +45,8 @@ class TaskRow(NamedTuple):
     status: str
     lease_expires_at: datetime | None
     attempt: int
+    priority: int
+    available_at: datetime | None
 
 
 class LeaseRow(NamedTuple):
@@ -56,16 +60,36 @@ class LeaseRow(NamedTuple):
     status: str
     lease_expires_at: datetime | None
     attempt: int
+    priority: int
+    available_at: datetime | None
     lease_token: str
+    # Capture answers with it; extend does not repeat it.
+    payload: Any = None
 
 
 @dataclass(frozen=True)
 class NewTask:
+    """A task to register. `timeout` and `retries_left` left as None take the
+    namespace's defaults, else the product's; `available_at` (a time) or
+    `delay` (seconds from now) holds an idle or failed task back."""
+
     id: str
     namespace_id: str
-    timeout: int = DEFAULT_TIMEOUT
-    retries_left: int = DEFAULT_RETRIES
+    timeout: int | None = None
+    retries_left: int | None = None
     status: str = TaskStatus.IDLE
+    priority: int = 0
+    payload: Any = None
+    available_at: datetime | None = None
+    delay: float | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a release records for one lease: a result (done) or an error."""
+
+    result: Any = None
+    error: Any = None
 
 
 class LeaseProblem(StrEnum):
@@ -124,19 +148,35 @@ def register_tasks(*, tasks: Sequence[NewTask], scope: Scope = None) -> list[Tas
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute(lease.LOCK_NAMESPACES, {"ids": namespace_ids})
-            known = {row[0] for row in cursor.fetchall()}
+            defaults = {row[0]: row[1:] for row in cursor.fetchall()}
         for namespace_id in namespace_ids:
             # Outside the token's namespaces is the same as not registered.
-            if namespace_id not in known or not in_scope(namespace_id, scope):
+            if namespace_id not in defaults or not in_scope(namespace_id, scope):
                 raise UnknownNamespaceForTask(namespace_id)
+
+        def timeout(task: NewTask) -> int:
+            if task.timeout is not None:
+                return task.timeout
+            return defaults[task.namespace_id][0] or DEFAULT_TIMEOUT
+
+        def retries(task: NewTask) -> int:
+            if task.retries_left is not None:
+                return task.retries_left
+            default = defaults[task.namespace_id][1]
+            return DEFAULT_RETRIES if default is None else default
+
         rows = _fetch_rows(
             lease.REGISTER,
             {
                 "ids": [task.id for task in tasks],
                 "namespace_ids": [task.namespace_id for task in tasks],
-                "timeouts": [task.timeout for task in tasks],
-                "retries": [task.retries_left for task in tasks],
+                "timeouts": [timeout(task) for task in tasks],
+                "retries": [retries(task) for task in tasks],
                 "statuses": [str(task.status) for task in tasks],
+                "priorities": [task.priority for task in tasks],
+                "payloads": [_json(task.payload) for task in tasks],
+                "availables": [task.available_at for task in tasks],
+                "delays": [task.delay for task in tasks],
             },
         )
         if len(rows) != len(tasks):
@@ -153,10 +193,13 @@ def register_task(*, task: NewTask, scope: Scope = None) -> TaskRow:
     return register_tasks(tasks=[task], scope=scope)[0]
 
 
-def capture_tasks(*, namespace_id: str, limit: int, scope: Scope = None) -> list[LeaseRow]:
+def capture_tasks(
+    *, namespace_id: str, limit: int, scope: Scope = None, holder: str | None = None
+) -> list[LeaseRow]:
     """Lease up to `limit` capturable tasks of a namespace (one statement).
 
-    Each comes back with the new lease's token and attempt number. Never
+    Each comes back with the new lease's token, attempt number and payload;
+    `holder` (the API token's name) is kept for the attempt history. Never
     waits on a row another transaction holds (SKIP LOCKED). Raises
     NamespaceNotFound when nothing was leased because the namespace does not
     exist; the existence check runs only then, off the common path.
@@ -164,7 +207,7 @@ def capture_tasks(*, namespace_id: str, limit: int, scope: Scope = None) -> list
     if not in_scope(namespace_id, scope):
         raise NamespaceNotFound(namespace_id)
     with connection.cursor() as cursor:
-        cursor.execute(lease.CAPTURE, {"namespace_id": namespace_id, "limit": limit})
+        cursor.execute(lease.CAPTURE, lease.capture_params(namespace_id, limit, holder))
         rows = [LeaseRow(*row) for row in cursor.fetchall()]
     if not rows and not Namespace.objects.filter(pk=namespace_id).exists():
         raise NamespaceNotFound(namespace_id)
@@ -177,6 +220,8 @@ def release_tasks(
     task_ids: Sequence[str] | None = None,
     leases: Sequence[Lease] | None = None,
     scope: Scope = None,
+    outcomes: Mapping[str, Outcome] | None = None,
+    retry_after: int | None = None,
 ) -> ReleaseResult:
     """Finish leases with `status` (done, failed or idle), in one statement.
 
@@ -185,15 +230,29 @@ def release_tasks(
     `lease._FENCE`). Every other id changes nothing and is reported with its
     code: not registered (or outside `scope`), not in progress, or a stale
     lease. Released tasks come back in the order given; a repeated id counts
-    once (the first token given for it).
+    once (the first token given for it). `outcomes` gives a task's result or
+    error; `retry_after` holds a failed or idle task back that many seconds
+    (instead of the namespace's backoff).
     """
     if status not in RELEASE_STATUSES:
         raise ValueError(f"cannot release to {status!r}")
     ids, tokens = _fence_arguments(task_ids, leases)
+    results = errors_ = None
+    if outcomes:
+        results = [_json(outcomes[i].result) if i in outcomes else None for i in ids]
+        errors_ = [_json(outcomes[i].error) if i in outcomes else None for i in ids]
     with connection.cursor() as cursor:
         cursor.execute(
             lease.RELEASE,
-            {"ids": ids, "tokens": tokens, "status": str(status), "scope": _scope(scope)},
+            lease.release_params(
+                ids,
+                tokens,
+                str(status),
+                scope=_scope(scope),
+                results=results,
+                errors=errors_,
+                retry_after=retry_after,
+            ),
         )
         answers = cursor.fetchall()
     released, errors = _fence_outcome(ids, answers, TaskRow)
@@ -219,7 +278,8 @@ def extend_leases(
     ids, tokens = _fence_arguments(None, leases)
     with connection.cursor() as cursor:
         cursor.execute(
-            lease.EXTEND, {"ids": ids, "tokens": tokens, "timeout": timeout, "scope": _scope(scope)}
+            lease.EXTEND,
+            lease.extend_params(ids, tokens, timeout=timeout, scope=_scope(scope)),
         )
         answers = cursor.fetchall()
     extended, errors = _fence_outcome(ids, answers, LeaseRow)
@@ -287,6 +347,41 @@ def delete_task(*, task_id: str, scope: Scope = None) -> None:
 
 def get_task(*, task_id: str, scope: Scope = None) -> Task | None:
     return visible_tasks(scope).filter(pk=task_id).first()
+
+
+class AttemptRecord(NamedTuple):
+    attempt: int
+    captured_at: datetime | None
+    ended_at: datetime | None
+    # None while the lease is in progress.
+    outcome: str | None
+    error: Any
+    result: Any
+    leased_by: str | None
+
+
+def task_attempts(*, task: Task) -> list[AttemptRecord]:
+    """A task's attempts, newest first: the lease in progress (from the task
+    itself) and the ended ones the history keeps."""
+    attempts = []
+    if task.status == TaskStatus.IN_PROGRESS and task.attempt > 0:
+        attempts.append(
+            AttemptRecord(task.attempt, task.leased_at, None, None, None, None, task.leased_by)
+        )
+    attempts += [
+        AttemptRecord(
+            a.attempt, a.captured_at, a.ended_at, a.outcome, a.error, a.result, a.leased_by
+        )
+        for a in Attempt.objects.filter(task_id=task.id).order_by("-attempt")
+        if not attempts or a.attempt != task.attempt
+    ]
+    return attempts
+
+
+def _json(value: Any) -> str | None:
+    """A JSON value as the statements take it (text, cast to jsonb); None is
+    SQL NULL ("none given"), so a JSON null is not stored apart from it."""
+    return None if value is None else orjson.dumps(value).decode()
 
 
 def visible_tasks(scope: Scope = None) -> QuerySet[Task]:

@@ -21,7 +21,7 @@ from tasks_app import services
 from tasks_app.filters import TaskFilter
 from tasks_app.models import Task
 from tasks_app.pagination import TaskCursorPagination
-from tasks_app.rendering import render_lease, render_task
+from tasks_app.rendering import render_attempt, render_detail, render_lease, render_task
 from tasks_app.serializers import (
     CaptureSerializer,
     ExtendSerializer,
@@ -32,6 +32,18 @@ from tasks_app.serializers import (
 
 # Leases must never be served from, or stored in, an HTTP cache.
 NO_STORE = {"Cache-Control": "no-store"}
+LIST_COLUMNS = (
+    "id",
+    "namespace_id",
+    "timeout",
+    "retries_left",
+    "updated_at",
+    "status",
+    "lease_expires_at",
+    "attempt",
+    "priority",
+    "available_at",
+)
 
 
 TASK_REGISTERED = PolymorphicProxySerializer(
@@ -100,27 +112,29 @@ class TaskViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     required_roles = {
         "list": Role.READ_ONLY,
         "retrieve": Role.READ_ONLY,
+        "attempts": Role.READ_ONLY,
         "capture": Role.WORKER,
         "release": Role.WORKER,
         "extend": Role.WORKER,
     }
 
     def get_queryset(self) -> QuerySet[Task]:
-        return services.visible_tasks(token_scope(self.request)).only(
-            "id",
-            "namespace_id",
-            "timeout",
-            "retries_left",
-            "updated_at",
-            "status",
-            "lease_expires_at",
-            "attempt",
-        )
+        columns = [*LIST_COLUMNS, *(["payload"] if self._with_payload() else [])]
+        return services.visible_tasks(token_scope(self.request)).only(*columns)
+
+    def _with_payload(self) -> bool:
+        # Lists leave payloads out unless asked (`?fields=payload`): a page
+        # of a thousand tasks stays small and cheap to read.
+        return "payload" in self.request.query_params.get("fields", "").split(",")
 
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         queryset = self.filter_queryset(self.get_queryset())
         page = self.paginate_queryset(queryset)
-        return self.get_paginated_response([render_task(task) for task in page or []])
+        if self._with_payload():
+            rendered = [render_detail(task, outcome=False) for task in page or []]
+        else:
+            rendered = [render_task(task) for task in page or []]
+        return self.get_paginated_response(rendered)
 
     def create(self, request: Request) -> Response:
         if isinstance(request.data, list):
@@ -141,7 +155,24 @@ class TaskViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         if task is None:
             # The seed's contract: an unknown id is "204 No Content".
             return Response(status=status.HTTP_204_NO_CONTENT)
-        return Response(render_task(task))
+        return Response(render_detail(task))
+
+    @extend_schema(
+        summary="A task's attempts, newest first",
+        parameters=[schema.id_path("The task id.")],
+        responses={
+            200: schema.AttemptListSerializer,
+            204: OpenApiResponse(description="No such task (empty body)."),
+            **schema.errors(),
+        },
+    )
+    def attempts(self, request: Request, pk: str) -> Response:
+        task = services.get_task(task_id=validated_path_id(pk, request), scope=token_scope(request))
+        if task is None:
+            # As for the task itself: an unknown id is "204 No Content".
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        attempts = services.task_attempts(task=task)
+        return Response({"list": [render_attempt(a) for a in attempts]})
 
     def destroy(self, request: Request, pk: str) -> Response:
         services.delete_task(task_id=validated_path_id(pk, request), scope=token_scope(request))
@@ -159,14 +190,22 @@ class TaskViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         data = request.query_params if request.method == "GET" or not request.data else request.data
         serializer = CaptureSerializer(data=data)
         serializer.is_valid(raise_exception=True)
-        rows = services.capture_tasks(**serializer.validated_data, scope=token_scope(request))
-        return Response({"list": [render_lease(row) for row in rows]}, headers=NO_STORE)
+        rows = services.capture_tasks(
+            **serializer.validated_data,
+            scope=token_scope(request),
+            holder=getattr(request.auth, "name", None),
+        )
+        return Response(
+            {"list": [render_lease(row, payload=True) for row in rows]}, headers=NO_STORE
+        )
 
     @action(detail=False, methods=["put"])
     def release(self, request: Request) -> Response:
         serializer = ReleaseSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        result = services.release_tasks(**serializer.validated_data, scope=token_scope(request))
+        result = services.release_tasks(
+            **serializer.release_arguments(), scope=token_scope(request)
+        )
         return Response(
             {
                 "list": [render_task(row) for row in result.released],
@@ -179,7 +218,7 @@ class TaskViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     def extend(self, request: Request) -> Response:
         serializer = ExtendSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        result = services.extend_leases(**serializer.validated_data, scope=token_scope(request))
+        result = services.extend_leases(**serializer.extend_arguments(), scope=token_scope(request))
         return Response(
             {
                 "list": [render_lease(row) for row in result.extended],

@@ -22,7 +22,8 @@ from tests.factories import make_namespace, make_task
 pytestmark = pytest.mark.django_db
 
 EXPECTED = {
-    "idle": {"idle", "idle-no-retries"},
+    "idle": {"idle", "idle-no-retries", "turn-comes-now"},
+    "scheduled": {"scheduled"},
     "in_progress": {"leased"},
     "expired": {"expired", "expired-no-retries", "ends-now"},
     "done": {"done"},
@@ -44,7 +45,14 @@ def tasks_in_every_state(clock):
         # A namespace each, so each capture takes its own task.
         make_namespace(task_id)
         retries = 0 if "no-retries" in task_id or task_id == "failed-for-good" else 1
-        make_task(task_id, task_id, timeout=timeouts.get(task_id, 60), retries_left=retries)
+        delays = {"scheduled": 31, "turn-comes-now": 30}
+        make_task(
+            task_id,
+            task_id,
+            timeout=timeouts.get(task_id, 60),
+            retries_left=retries,
+            delay=delays.get(task_id),
+        )
     for task_id in ("leased", "expired", "expired-no-retries", "ends-now"):
         capture(task_id)
     release_tasks(status="done", leases=[capture("done")])
@@ -52,6 +60,7 @@ def tasks_in_every_state(clock):
     release_tasks(status="failed", leases=[capture("failed-for-good")])
     clock.freeze(start + timedelta(seconds=30))
     assert Task.objects.get(pk="ends-now").lease_expires_at == clock.now()
+    assert Task.objects.get(pk="turn-comes-now").available_at == clock.now()
 
 
 def dashboard_states() -> dict[str, set[str]]:

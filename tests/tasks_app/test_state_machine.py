@@ -60,7 +60,9 @@ def _state_of(status: str, retries: int) -> lease.State:
     return state
 
 
-def _in_states(status: str, retries: int, available: object, expires: object) -> bool:
+def _in_states(
+    status: str, retries: int, available: datetime | None, expires: datetime | None
+) -> bool:
     return any(
         s.status == status
         and _retries_match(s, retries)
@@ -68,7 +70,7 @@ def _in_states(status: str, retries: int, available: object, expires: object) ->
         and {
             None: available is None,
             "queued": available is not None,
-            "lease_expiry": available is not None and available == expires,
+            "after_lease": available is not None and expires is not None and available >= expires,
         }[s.available]
         for s in STATES
     )
@@ -131,11 +133,12 @@ def _set_up(cell: Cell) -> None:
     category = lease.CATEGORY[cell.category]
     make_namespace(cell.id)
     timeout = SHORT_LEASE if category.lease == "expired" else VALID_LEASE
-    register_tasks(
-        tasks=[
-            NewTask(id=cell.id, namespace_id=cell.id, timeout=timeout, retries_left=cell.retries)
-        ]
+    # A scheduled task's turn comes well after the operation runs.
+    delay = 10 * int(LATER.total_seconds()) if category.turn == "later" else None
+    task = NewTask(
+        id=cell.id, namespace_id=cell.id, timeout=timeout, retries_left=cell.retries, delay=delay
     )
+    register_tasks(tasks=[task])
     if category.status == TaskStatus.IDLE:
         return
     (row,) = capture_tasks(namespace_id=cell.id, limit=1)
@@ -251,7 +254,8 @@ def _expected(
         "kept": before["available_at"] or now,
         None: None,
     }[transition.queued]
-    available = {"queued": queued, "lease_expiry": expires, None: None}[state.available]
+    # No namespace here has a backoff: a lease's retry is due at its expiry.
+    available = {"queued": queued, "after_lease": expires, None: None}[state.available]
     if op.transition == "capture":
         token: object = "new"
     elif op.transition in ("release", "extend", "expire"):
@@ -313,7 +317,7 @@ def test_registration_derives_the_state_of_each_status(clock, status, retries):
     # Registration stamps each row a few microseconds before the clock (FIFO).
     assert now - timedelta(milliseconds=1) < task.created_at <= now
     expires = task.created_at + timedelta(seconds=30) if state.leased else None
-    queued = {"queued": task.created_at, "lease_expiry": expires, None: None}[state.available]
+    queued = {"queued": task.created_at, "after_lease": expires, None: None}[state.available]
     assert (task.status, task.retries_left) == (status, retries)
     assert (task.available_at, task.lease_expires_at) == (queued, expires)
     assert task.lease_token is None and task.attempt == 0

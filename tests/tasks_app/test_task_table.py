@@ -26,15 +26,19 @@ def test_capture_is_one_range_scan_of_the_partial_index_however_many_tasks_are_d
     make_tasks("ns", 50, prefix="i")
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE tasks_app_task")
-    plan = explain(lease.CAPTURE, {"namespace_id": "ns", "limit": 10})
-    assert "task_capture_idx" in plan
-    assert "Seq Scan" not in plan
+    plan = explain(lease.CAPTURE, lease.capture_params("ns", 10))
+    assert "task_capture_priority_idx" in plan
+    assert "Seq Scan on tasks_app_task" not in plan
+    # One range scan per priority level, each bounded by the clock, taken in
+    # order under the LIMIT (a LATERAL join over the levels).
+    assert "Function Scan on generate_series p" in plan
+    assert "AND (priority = p.priority) AND (available_at <= " in plan
     # The picked rows are a CTE of their own, evaluated once, so LIMIT holds.
     assert "CTE picked" in plan
     # The index already yields the FIFO order: the only sort is of the (at
     # most `limit`) leased rows, back into queue order for the answer.
     sort_keys = [line.strip() for line in plan.splitlines() if "Sort Key" in line]
-    assert sort_keys == ['Sort Key: leased.queued_at, leased.id COLLATE "C"'], plan
+    assert sort_keys == ['Sort Key: leased.priority, leased.queued_at, leased.id COLLATE "C"'], plan
 
 
 @pytest.mark.django_db
@@ -45,10 +49,10 @@ def test_release_looks_tasks_up_by_id_index():
         cursor.execute("ANALYZE tasks_app_task")
     plan = explain(
         lease.RELEASE,
-        {"ids": ["t000001", "t000002"], "tokens": None, "status": "done", "scope": None},
+        lease.release_params(["t000001", "t000002"], None, "done"),
     )
     assert "Index Scan" in plan
-    assert "Seq Scan" not in plan
+    assert "Seq Scan on tasks_app_task" not in plan
 
 
 @pytest.mark.django_db
@@ -104,12 +108,12 @@ def capture_scan_buffers(namespace_id: str) -> int:
     with connection.cursor() as cursor:
         cursor.execute(
             "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) SELECT id FROM tasks_app_task "
-            "WHERE namespace_id = %s AND available_at <= statement_timestamp() "
+            "WHERE namespace_id = %s AND priority = 0 AND available_at <= statement_timestamp() "
             "ORDER BY available_at LIMIT 10",
             [namespace_id],
         )
         plan = "\n".join(row[0] for row in cursor.fetchall())
-    assert "task_capture_idx" in plan
+    assert "task_capture_priority_idx" in plan
     match = re.search(r"Buffers: shared hit=(\d+)(?: read=(\d+))?", plan)
     assert match, plan
     return int(match.group(1)) + int(match.group(2) or 0)
@@ -151,7 +155,8 @@ def test_a_vacuum_clears_the_dead_entries_a_busy_namespace_leaves_at_its_queue_h
         leased = capture_tasks(namespace_id="busy", limit=10)
         release_tasks(task_ids=[task.id for task in leased], status="idle")
     churned = capture_scan_buffers("busy")
-    assert churned > 3 * fresh
+    # Clearly more than a vacuum may leave (below), so the test can fail.
+    assert churned >= fresh + 4
 
     with connection.cursor() as cursor:
         # A plain VACUUM, as autovacuum runs it: the table's own settings apply.
@@ -172,7 +177,7 @@ def test_release_locks_in_id_order_whatever_plan_the_planner_picks():
         cursor.execute("SET LOCAL enable_indexonlyscan = off")
         plan = explain(
             lease.RELEASE,
-            {"ids": ["t000009", "t000001"], "tokens": None, "status": "done", "scope": None},
+            lease.release_params(["t000009", "t000001"], None, "done"),
         )
     locked = plan[plan.index("CTE locked") : plan.index("CTE decided")]
     assert "LockRows" in locked
