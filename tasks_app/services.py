@@ -208,7 +208,11 @@ def capture_tasks(
         raise NamespaceNotFound(namespace_id)
     with connection.cursor() as cursor:
         cursor.execute(lease.CAPTURE, lease.capture_params(namespace_id, limit, holder))
-        rows = [LeaseRow(*row) for row in cursor.fetchall()]
+        # Django reads jsonb as text (its JSONField decodes it): so do we.
+        rows = [
+            LeaseRow(*row[:-1], payload=None if row[-1] is None else orjson.loads(row[-1]))
+            for row in cursor.fetchall()
+        ]
     if not rows and not Namespace.objects.filter(pk=namespace_id).exists():
         raise NamespaceNotFound(namespace_id)
     return rows
