@@ -510,3 +510,44 @@ def test_a_seed_registration_behaves_as_before(api, clock):
     assert (body["priority"], body["available_at"]) == (0, unix(stored.available_at))
     defaults = api.post("/v1/task", {"id": "B2", "namespace_id": "Infra"}, format="json").json()
     assert (defaults["timeout"], defaults["retries_left"]) == (300, 3)
+
+
+def test_an_exponential_backoff_s_max_defaults_to_an_hour_or_its_base(api):
+    r = api.post(
+        "/v1/namespace",
+        {"id": "a", "retry_backoff": {"kind": "exponential", "base": 2}},
+        format="json",
+    )
+    assert r.json()["retry_backoff"] == {
+        "kind": "exponential",
+        "base": 2.0,
+        "max": 3600.0,
+        "jitter": 0.0,
+    }
+    r = api.post(
+        "/v1/namespace",
+        {"id": "b", "retry_backoff": {"kind": "exponential", "base": 7200}},
+        format="json",
+    )
+    assert r.json()["retry_backoff"]["max"] == 7200.0
+
+
+def test_a_retry_already_scheduled_keeps_its_time_when_the_backoff_changes(api, clock):
+    backoff_namespace(api)
+    register(api)
+    (leased,) = capture(api)
+    release(api, {"status": "failed", "leases": [lease_of(leased)]})
+    due = Task.objects.get(pk="t1").available_at
+    api.patch("/v1/namespace/ns", {"retry_backoff": {"kind": "none"}}, format="json")
+    assert Task.objects.get(pk="t1").available_at == due
+    assert capture(api) == []
+
+
+def test_a_failed_task_may_be_registered_to_wait(api, namespace, clock):
+    r = register(api, status="failed", retries_left=1, delay=5)
+    assert r.status_code == 201, r.content
+    assert capture(api) == []
+    clock.advance(5)
+    (leased,) = capture(api)
+    # A failed task's capture is a retry.
+    assert leased["retries_left"] == 0
