@@ -5,6 +5,7 @@ through the actions below, and every action goes through
 `tasks_app.services`, which applies the same lease rules as the API.
 """
 
+import json
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -16,19 +17,22 @@ from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
 from django.db.models import BooleanField, ExpressionWrapper, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
 from namespaces_app.models import Namespace
 from taskq_project.counting import EstimatedCountPaginator, count_or_estimate
 from taskq_project.ids import id_problem
 from tasks_app import services
-from tasks_app.lease import CATEGORIES, CATEGORY
+from tasks_app.lease import CATEGORIES, CATEGORY, PRIORITIES
 from tasks_app.models import (
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
     MAX_INT,
     RESERVED_TASK_IDS,
+    Outcome,
     Task,
 )
 from tasks_app.services import BulkResult, NewTask, OperatorAction
@@ -49,6 +53,23 @@ class StateFilter(admin.SimpleListFilter):
         choice = self.value()
         if choice in STATE_FILTERS:
             return queryset.filter(STATE_FILTERS[choice][1])
+        return queryset
+
+
+class PriorityFilter(admin.SimpleListFilter):
+    """The priority levels from the product's range, never a DISTINCT over tasks."""
+
+    title = "priority"
+    parameter_name = "priority"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        first, last = PRIORITIES[0], PRIORITIES[-1]
+        labels = {first: f"{first} (first)", last: f"{last} (last)"}
+        return [(str(p), labels.get(p, str(p))) for p in PRIORITIES]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Task]) -> QuerySet[Task]:
+        if self.value() in {str(p) for p in PRIORITIES}:
+            return queryset.filter(priority=int(cast(str, self.value())))
         return queryset
 
 
@@ -95,6 +116,12 @@ class RequeueForm(forms.Form):
     )
 
 
+def _json_text(value: Any) -> str:
+    """A JSON value indented for reading, keys in alphabetical order (jsonb
+    keeps them shortest first); the template or format_html escapes it."""
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+
+
 def _log(request: HttpRequest, action: str, result: BulkResult, scope: str) -> None:
     LogEntry.objects.create(
         user_id=cast(int, request.user.pk),
@@ -112,7 +139,7 @@ def _report(request: HttpRequest, label: str, result: BulkResult) -> None:
 
 
 def _operator_action(
-    action: OperatorAction, label: str, permission: str
+    action: OperatorAction, label: str, permission: str, description: str | None = None
 ) -> Callable[[admin.ModelAdmin, HttpRequest, QuerySet[Task]], HttpResponse | None]:
     def run(
         modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Task]
@@ -120,7 +147,9 @@ def _operator_action(
         return modeladmin.run_operator_action(request, queryset, action, label)  # type: ignore[attr-defined, no-any-return]
 
     run.__name__ = action.value
-    return admin.action(description=f"{label} selected tasks", permissions=[permission])(run)
+    return admin.action(
+        description=description or f"{label} selected tasks", permissions=[permission]
+    )(run)
 
 
 @admin.register(Task)
@@ -129,13 +158,15 @@ class TaskAdmin(admin.ModelAdmin):
         "id",
         "namespace_link",
         "status",
+        "priority",
         "retries_left",
         "timeout",
         "attempt",
+        "turn",
         "updated_at",
         "lease_expiry",
     ]
-    list_filter = [NamespaceFilter, StateFilter]
+    list_filter = [NamespaceFilter, StateFilter, PriorityFilter]
     search_fields = ["id"]
     search_help_text = "Tasks whose id starts with the text (case-sensitive)."
     list_per_page = 100
@@ -143,16 +174,24 @@ class TaskAdmin(admin.ModelAdmin):
     paginator = EstimatedCountPaginator
     ordering = ["namespace_id", "id"]
     actions = [
-        _operator_action(OperatorAction.REQUEUE, "Requeue", "change"),
+        # A scheduled task too: its delay is dropped.
+        _operator_action(
+            OperatorAction.REQUEUE,
+            "Requeue",
+            "change",
+            "Requeue selected tasks (brings scheduled ones forward)",
+        ),
         _operator_action(OperatorAction.CANCEL_LEASE, "Cancel the lease of", "change"),
         _operator_action(OperatorAction.MARK_DONE, "Mark done", "change"),
         _operator_action(OperatorAction.MARK_FAILED, "Mark failed", "change"),
         _operator_action(OperatorAction.DELETE, "Delete", "delete"),
     ]
-    readonly_fields = [
+    # A task's page, read-only: its columns, then what it carries and its attempts.
+    task_fields = [
         "id",
         "namespace",
         "status",
+        "priority",
         "timeout",
         "retries_left",
         "created_at",
@@ -162,6 +201,23 @@ class TaskAdmin(admin.ModelAdmin):
         # Never the lease token: whoever reads it could end the lease.
         "attempt",
     ]
+    work_fields = ["payload_json", "result_json", "last_error_json"]
+    readonly_fields = [*task_fields, *work_fields, "attempts_table"]
+    fieldsets_of_a_task = [
+        (None, {"fields": task_fields}),
+        ("Work", {"fields": work_fields}),
+        (
+            "Attempts",
+            {
+                "fields": ["attempts_table"],
+                "description": "Newest first: the lease in progress, if any, then the "
+                "ended attempts the namespace's history keeps.",
+            },
+        ),
+    ]
+
+    class Media:
+        css = {"all": ["taskq/task_admin.css"]}
 
     @admin.display(description="namespace", ordering="namespace_id")
     def namespace_link(self, task: Task) -> str:
@@ -176,8 +232,54 @@ class TaskAdmin(admin.ModelAdmin):
             return format_html('{} <strong class="taskq-expired">expired</strong>', when)
         return when
 
+    @admin.display(description="available at", ordering="available_at")
+    def turn(self, task: Task) -> str:
+        if task.available_at is None:
+            return "—"
+        when = task.available_at.strftime("%Y-%m-%d %H:%M:%S")
+        if getattr(task, "is_scheduled", False):
+            return format_html('{} <strong class="taskq-scheduled">scheduled</strong>', when)
+        return when
+
+    def _json_field(self, value: Any) -> str:
+        if value is None:
+            return self.get_empty_value_display()
+        return format_html('<pre class="taskq-json">{}</pre>', _json_text(value))
+
+    @admin.display(description="payload")
+    def payload_json(self, task: Task) -> str:
+        return self._json_field(task.payload)
+
+    @admin.display(description="result")
+    def result_json(self, task: Task) -> str:
+        return self._json_field(task.result)
+
+    @admin.display(description="last error")
+    def last_error_json(self, task: Task) -> str:
+        return self._json_field(task.last_error)
+
+    @admin.display(description="attempts")
+    def attempts_table(self, task: Task) -> SafeString:
+        attempts = [
+            {
+                "attempt": record.attempt,
+                "captured_at": record.captured_at,
+                "ended_at": record.ended_at,
+                "outcome": "in progress"
+                if record.outcome is None
+                else Outcome(record.outcome).label.lower(),
+                "outcome_key": record.outcome or "in_progress",
+                "error": None if record.error is None else _json_text(record.error),
+                "result": None if record.result is None else _json_text(record.result),
+                "leased_by": record.leased_by,
+            }
+            for record in services.task_attempts(task=task)
+        ]
+        return render_to_string("admin/tasks_app/task/attempts.html", {"attempts": attempts})
+
     def get_queryset(self, request: HttpRequest) -> QuerySet[Task]:
-        # Expiry is judged on the database clock, like every lease decision.
+        # Expiry and turns are judged on the database clock, like every lease
+        # decision.
         return (
             super()
             .get_queryset(request)
@@ -185,7 +287,11 @@ class TaskAdmin(admin.ModelAdmin):
                 lease_is_expired=ExpressionWrapper(
                     CATEGORY["expired"].q,
                     output_field=BooleanField(),
-                )
+                ),
+                is_scheduled=ExpressionWrapper(
+                    CATEGORY["scheduled"].q,
+                    output_field=BooleanField(),
+                ),
             )
         )
 
@@ -209,6 +315,11 @@ class TaskAdmin(admin.ModelAdmin):
         # Named, not derived from the model, so a new column is not shown
         # until someone decides it should be.
         return self.readonly_fields if obj is not None else super().get_fields(request, obj)
+
+    def get_fieldsets(self, request: HttpRequest, obj: Task | None = None) -> Any:
+        if obj is None:
+            return super().get_fieldsets(request, obj)
+        return self.fieldsets_of_a_task
 
     def get_readonly_fields(self, request: HttpRequest, obj: Task | None = None) -> Any:
         return self.readonly_fields if obj is not None else []
@@ -283,6 +394,9 @@ class TaskAdmin(admin.ModelAdmin):
         select_across: bool,
     ) -> TemplateResponse:
         count, estimated = count_or_estimate(queryset)
+        scheduled: tuple[int, bool] | None = None
+        if action == OperatorAction.REQUEUE:
+            scheduled = count_or_estimate(queryset.filter(CATEGORY["scheduled"].q))
         context = {
             **self.admin_site.each_context(request),
             "title": f"{label} {'about ' if estimated else ''}{count} tasks?",
@@ -294,6 +408,9 @@ class TaskAdmin(admin.ModelAdmin):
             "select_across": select_across,
             "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
             "form": form if action == OperatorAction.REQUEUE else None,
+            "requeue": action == OperatorAction.REQUEUE,
+            "scheduled_count": scheduled[0] if scheduled else 0,
+            "scheduled_estimated": scheduled[1] if scheduled else False,
             "filters": request.get_full_path(),
         }
         return TemplateResponse(request, "admin/tasks_app/task/action_confirmation.html", context)

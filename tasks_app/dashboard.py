@@ -7,8 +7,9 @@ and marked as one, so the page stays fast whatever the table holds.
 """
 
 import json
+import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,13 +28,65 @@ CATEGORIES = tuple(category.name for category in lease.CATEGORIES)
 CATEGORY_LABELS = {category.name: category.label for category in lease.CATEGORIES}
 
 # Each category's rows (tasks_app.lease), as a WHERE clause served by one
-# partial index: idle tasks are counted from the capture index, whose
-# condition the planner must see implied.
+# partial index: idle and scheduled tasks are counted from the capture index,
+# whose condition the planner must see implied.
 _CATEGORY_WHERE = {
-    category.name: ("available_at IS NOT NULL AND " if category.name == "idle" else "")
-    + category.where()
+    category.name: ("available_at IS NOT NULL AND " if category.turn else "") + category.where()
     for category in lease.CATEGORIES
 }
+
+
+# One category's tasks per namespace (`where`: its `_CATEGORY_WHERE`).
+COUNT_BY_NAMESPACE = "SELECT namespace_id, count(*) FROM tasks_app_task WHERE {where} GROUP BY 1"
+
+# Queue lag: per namespace, how long the oldest idle task whose turn has come
+# has waited since then, in seconds (NULL when none waits); a scheduled task
+# is not late. One short range scan of the capture index per priority level,
+# as capture takes them, each ending at the clock, so neither the rest of a
+# namespace's queue nor its scheduled tasks are read.
+OLDEST_IDLE = f"""
+SELECT n.id, EXTRACT(EPOCH FROM {NOW} - (
+    SELECT min(oldest.available_at)
+    FROM generate_series({lease.PRIORITIES[0]}, {lease.PRIORITIES[-1]}) AS p(priority)
+    CROSS JOIN LATERAL (
+        SELECT t.available_at FROM tasks_app_task AS t
+        WHERE t.namespace_id = n.id AND t.priority = p.priority
+          AND t.available_at IS NOT NULL AND {lease.CATEGORY["idle"].where("t.")}
+        ORDER BY t.available_at LIMIT 1
+    ) AS oldest))
+FROM namespaces_app_namespace AS n
+"""
+
+
+@dataclass(frozen=True)
+class _Estimation:
+    """A category as its estimate is taken: its status (and retries), and the
+    condition on a column that only some states fill (the lease's expiry, the
+    turn), if it has one.
+
+    The planner takes the two as independent, but that column is NULL for
+    every finished task: a table of millions of done tasks would make it
+    estimate a fraction of the idle, scheduled or leased tasks there are. The
+    condition's share is taken among the rows that fill the column instead.
+    """
+
+    base: str
+    column: str | None = None
+    condition: str | None = None
+
+
+def _estimation(category: lease.Category) -> _Estimation:
+    base = replace(category, lease=None, turn=None).where()
+    column = "lease_expires_at" if category.lease else "available_at" if category.turn else None
+    if column is None:
+        return _Estimation(base)
+    prefix = f"{base} AND "
+    where = category.where()
+    assert where.startswith(prefix), where
+    return _Estimation(base, column, where.removeprefix(prefix))
+
+
+_ESTIMATIONS = {category.name: _estimation(category) for category in lease.CATEGORIES}
 
 
 @dataclass(frozen=True)
@@ -88,27 +141,39 @@ def _estimate(where: str, params: list[Any]) -> int:
     return int(plan[0]["Plan"]["Plan Rows"])
 
 
-def _for_estimate(where: str) -> str:
-    # `available_at IS NOT NULL` is implied by `status = 'idle'`; the planner
-    # takes the two as independent and would underestimate. It stays in the
-    # counting query, where it selects the partial index.
-    return where.replace("available_at IS NOT NULL AND ", "")
+class _Estimator:
+    """Planner estimates of the categories' rows, overall or in one namespace;
+    each condition's share is taken once per dashboard."""
+
+    def __init__(self) -> None:
+        self._shares: dict[str, float] = {}
+
+    def rows(self, category: str, namespace_id: str | None = None) -> int:
+        parts = _ESTIMATIONS[category]
+        if namespace_id is None:
+            rows = _estimate(parts.base, [])
+        else:
+            rows = _estimate(f"namespace_id = %s AND {parts.base}", [namespace_id])
+        if parts.column is None or parts.condition is None:
+            return rows
+        if category not in self._shares:
+            filled = _estimate(f"{parts.column} IS NOT NULL", [])
+            self._shares[category] = min(_estimate(parts.condition, []) / max(filled, 1), 1.0)
+        return math.ceil(rows * self._shares[category])
 
 
-def _counts(category: str, namespace_ids: list[str]) -> dict[str, Count]:
+def _counts(category: str, namespace_ids: list[str], estimator: _Estimator) -> dict[str, Count]:
     """One category's count per namespace: exact when small, else estimated."""
     where = _CATEGORY_WHERE[category]
-    if _estimate(_for_estimate(where), []) <= EXACT_COUNT_LIMIT:
+    if estimator.rows(category) <= EXACT_COUNT_LIMIT:
         with connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT namespace_id, count(*) FROM tasks_app_task WHERE {where} GROUP BY 1"
-            )
+            cursor.execute(COUNT_BY_NAMESPACE.format(where=where))
             return {ns: Count(n) for ns, n in cursor.fetchall()}
     # Large overall: count namespace by namespace, estimating the large ones.
     counts: dict[str, Count] = {}
     scoped = f"namespace_id = %s AND {where}"
     for namespace_id in namespace_ids:
-        estimate = _estimate(_for_estimate(scoped), [namespace_id])
+        estimate = estimator.rows(category, namespace_id)
         if estimate > EXACT_COUNT_LIMIT:
             counts[namespace_id] = Count(estimate, estimated=True)
             continue
@@ -122,26 +187,16 @@ def _counts(category: str, namespace_ids: list[str]) -> dict[str, Count]:
 def build_dashboard() -> Dashboard:
     namespace_ids = list(Namespace.objects.order_by("pk").values_list("pk", flat=True))
     stats = {ns: NamespaceStats(ns) for ns in namespace_ids}
+    estimator = _Estimator()
     for category in CATEGORIES:
-        counts = _counts(category, namespace_ids)
+        counts = _counts(category, namespace_ids, estimator)
         for ns, entry in stats.items():
             entry.counts[category] = counts.get(ns, Count(0))
 
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT {NOW}")
         (now,) = cursor.fetchone()  # type: ignore[misc]
-        # Queue lag: the oldest idle task of each namespace, the first idle
-        # entry of its range in `task_capture_idx`.
-        cursor.execute(
-            f"""
-            SELECT n.id, EXTRACT(EPOCH FROM {NOW} - (
-                SELECT t.available_at FROM tasks_app_task AS t
-                WHERE t.namespace_id = n.id AND t.available_at IS NOT NULL
-                  AND t.status = 'idle'
-                ORDER BY t.available_at LIMIT 1))
-            FROM namespaces_app_namespace AS n
-            """
-        )
+        cursor.execute(OLDEST_IDLE)
         for ns, age in cursor.fetchall():
             if ns in stats and age is not None:
                 stats[ns].oldest_idle_seconds = float(age)
