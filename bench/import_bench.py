@@ -157,7 +157,7 @@ def copy_into_task_table(workdir: Path, rows: int) -> float:
         with cursor.copy(f"COPY tasks_app_task ({columns}) TO STDOUT (FORMAT csv)") as copy:
             for chunk in copy:
                 out.write(chunk)
-        cursor.execute("TRUNCATE tasks_app_task")
+        cursor.execute("TRUNCATE tasks_app_task CASCADE")
     checkpoint()
     started = time.monotonic()
     # Autocommit: the commit, and with it the deferred foreign-key check of
@@ -339,7 +339,7 @@ def import_phases(path: Path) -> tuple[float, list[tuple[str, float]]]:
 
     names = phase_names()
     with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE tasks_app_task")
+        cursor.execute("TRUNCATE tasks_app_task CASCADE")
     checkpoint()
     started = time.perf_counter()
     with recorded_statements() as statements, path.open("rb") as raw:
@@ -375,7 +375,7 @@ def explain_insert(path: Path) -> list[str]:
     from tasks_app import bulk
 
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("TRUNCATE tasks_app_task")
+        cursor.execute("TRUNCATE tasks_app_task CASCADE")
         cursor.execute("SET LOCAL work_mem = '128MB'")
         cursor.execute(bulk._STAGING)
         with path.open("rb") as raw:

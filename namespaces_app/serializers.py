@@ -1,5 +1,6 @@
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from namespaces_app.models import History
@@ -20,6 +21,61 @@ class NumberField(serializers.FloatField):
         return super().to_internal_value(data)
 
 
+BACKOFF_SECONDS_SCHEMA = {"type": "number", "minimum": 0.001, "maximum": MAX_BACKOFF_SECONDS}
+
+
+def backoff_kind_schema(kind: str) -> dict[str, Any]:
+    """The schema of a backoff's `kind` that names one shape.
+
+    Inside allOf: drf-spectacular would otherwise make a component of each
+    one-value enum, named after a hash of it.
+    """
+    return {"allOf": [{"type": "string", "enum": [kind]}]}
+
+
+# What BackoffSerializer accepts, for the OpenAPI schema: one shape per kind.
+# That `max` is at least `base` is checked by the server; no schema says it.
+BACKOFF_REQUEST_SCHEMA = {
+    "description": "How long the retry of a failed or expired attempt waits "
+    '(default: `{"kind": "none"}`).',
+    "oneOf": [
+        {
+            "type": "object",
+            "required": ["kind"],
+            "additionalProperties": False,
+            "properties": {"kind": backoff_kind_schema("none")},
+            "description": "No backoff: a retry is due at once.",
+        },
+        {
+            "type": "object",
+            "required": ["kind", "base"],
+            "additionalProperties": False,
+            "properties": {
+                "kind": backoff_kind_schema("exponential"),
+                "base": {
+                    **BACKOFF_SECONDS_SCHEMA,
+                    "description": "Seconds: the first retry's wait.",
+                },
+                "max": {
+                    **BACKOFF_SECONDS_SCHEMA,
+                    "description": "Seconds, at least `base`: the longest wait. "
+                    "Default: the larger of `base` and 3600.",
+                },
+                "jitter": {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": 1,
+                    "default": 0,
+                    "description": "Up to this share of each wait is taken off at random.",
+                },
+            },
+            "description": "Attempt n's retry waits min(max, base * 2^(n-1)) seconds.",
+        },
+    ],
+}
+
+
+@extend_schema_field(BACKOFF_REQUEST_SCHEMA, component_name="BackoffRequest")
 class BackoffSerializer(StrictSerializer):
     """`{"kind": "none"}` or `{"kind": "exponential", "base": s, "max": s, "jitter": f}`."""
 
@@ -48,13 +104,25 @@ class NamespaceSettingsSerializer(StrictSerializer):
     """The settings a namespace may set; null resets one to the default."""
 
     default_timeout = StrictIntegerField(
-        min_value=1, max_value=MAX_INT, required=False, allow_null=True
+        min_value=1,
+        max_value=MAX_INT,
+        required=False,
+        allow_null=True,
+        help_text="Seconds, for tasks registered without `timeout`; null: 300.",
     )
     default_retries = StrictIntegerField(
-        min_value=0, max_value=MAX_INT, required=False, allow_null=True
+        min_value=0,
+        max_value=MAX_INT,
+        required=False,
+        allow_null=True,
+        help_text="For tasks registered without `retries_left`; null: 3.",
     )
     retry_backoff = BackoffSerializer(required=False)
-    history = serializers.ChoiceField(choices=History.values, required=False)
+    history = serializers.ChoiceField(
+        choices=History.values,
+        required=False,
+        help_text="Which ended attempts are kept: failures only (the default), or all.",
+    )
 
     def to_settings(self) -> Settings:
         """Only the settings given (PATCH changes those alone)."""

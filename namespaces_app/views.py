@@ -43,6 +43,7 @@ def render_namespace(namespace: Namespace) -> dict[str, Any]:
     create=extend_schema(
         summary="Register a new namespace",
         request=NamespaceCreateSerializer,
+        examples=schema.NAMESPACE_REGISTRATION_EXAMPLES,
         responses={201: schema.NamespaceSerializer, **schema.errors(409, 413, 415)},
     ),
     retrieve=extend_schema(
@@ -58,6 +59,7 @@ def render_namespace(namespace: Namespace) -> dict[str, Any]:
         summary="Change a namespace's settings",
         parameters=[schema.id_path("The namespace id.")],
         request=NamespaceSettingsSerializer,
+        examples=schema.NAMESPACE_CHANGE_EXAMPLES,
         responses={200: schema.NamespaceSerializer, **schema.errors(404, 413, 415)},
     ),
     destroy=extend_schema(

@@ -38,6 +38,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "taskq_project.settings")
 from django.conf import settings
 from django.core.wsgi import get_wsgi_application
 
+from tasks_app import waiting
+
 log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
@@ -114,10 +116,22 @@ async def application(scope: Scope, receive: Receive, send: Send) -> None:
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
-    environ = wsgi_environ(scope, b"".join(chunks))
+    body = b"".join(chunks)
+    wait = waiting.requested(scope, body)
+    if wait is not None:
+        await waiting_capture(scope, body, receive, send, *wait)
+        return
+    response = await run(scope, body, send)
+    if response is not None:
+        await respond_with(response, scope, send)
+
+
+async def run(scope: Scope, body: bytes, send: Send) -> "Response | None":
+    """Django's answer to the request, from a pool thread; None when this
+    function has answered instead (no thread free in time, or a failure)."""
     loop = asyncio.get_running_loop()
     ticket = Ticket()
-    future = loop.run_in_executor(executor(scope["path"]), ticket.run, environ)
+    future = loop.run_in_executor(executor(scope["path"]), ticket.run, wsgi_environ(scope, body))
     try:
         done, _ = await asyncio.wait({future}, timeout=QUEUE_SECONDS)
         if not done and ticket.abandon():
@@ -129,18 +143,83 @@ async def application(scope: Scope, receive: Receive, send: Send) -> None:
                 f"No thread of this server was free for {QUEUE_SECONDS:g}s; nothing was done.",
                 retry_after=1,
             )
-            return
-        status, headers, body, rest = await future
+            return None
+        return await future
     except Exception:
         log.exception("the request could not be served")
         await answer(send, 500, "error", "Internal server error.")
-        return
+        return None
+
+
+async def respond_with(response: "Response", scope: Scope, send: Send) -> None:
+    status, headers, body, rest = response
     await send({"type": "http.response.start", "status": status, "headers": headers})
     if rest is None:
         await send({"type": "http.response.body", "body": body})
         return
     await send({"type": "http.response.body", "body": body, "more_body": True})
+    loop = asyncio.get_running_loop()
     await loop.run_in_executor(executor(scope["path"]), stream, rest, loop, send)
+
+
+# What a capture that leased nothing answers (tasks_app's renderer is compact).
+EMPTY_CAPTURE = b'{"list":[]}'
+
+
+async def waiting_capture(
+    scope: Scope, body: bytes, receive: Receive, send: Send, namespace_id: str, wait: int
+) -> None:
+    """A capture with `wait`: tried at once, then again each time the
+    namespace's waiters are woken (tasks_app.waiting), until it leases
+    something, `wait` seconds pass, or the client goes away.
+
+    Each try is an ordinary request through Django (authentication, roles,
+    throttling, validation, the capture statement); no thread is held while
+    it waits. A client that leaves is never answered, and no try starts after
+    it left; a lease taken in the instant it left simply expires.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    hub = waiting.process_hub()
+    waiter = hub.enter(namespace_id)
+    gone = asyncio.Event()
+    watcher = loop.create_task(_watch_disconnect(receive, gone))
+    try:
+        while True:
+            response = await run(scope, body, send)
+            if response is None:
+                return
+            status, _, answer_body, _ = response
+            got = status == 200 and answer_body != EMPTY_CAPTURE
+            hub.captured(waiter, got=got)
+            remaining = deadline - loop.time()
+            if gone.is_set():
+                return
+            if got or status != 200 or remaining <= 0:
+                await respond_with(response, scope, send)
+                return
+            woken = loop.create_task(hub.wait(waiter, remaining))
+            left = loop.create_task(gone.wait())
+            await asyncio.wait({woken, left}, return_when=asyncio.FIRST_COMPLETED)
+            left.cancel()
+            if gone.is_set():
+                woken.cancel()
+                return
+            if not woken.result():
+                await respond_with(response, scope, send)
+                return
+    finally:
+        watcher.cancel()
+        hub.leave(waiter)
+
+
+async def _watch_disconnect(receive: Receive, gone: asyncio.Event) -> None:
+    # The body has been read: the next message is the client going away.
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            gone.set()
+            return
 
 
 Response = tuple[int, list[tuple[bytes, bytes]], bytes, Iterable[bytes] | None]

@@ -5,6 +5,7 @@ shapes for the schema only. Every operation declares the error answers it can
 give, with the error body, so schemathesis can hold the running API to it.
 """
 
+import re
 from typing import Any
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -12,13 +13,30 @@ from drf_spectacular.utils import (
     OpenApiExample,
     OpenApiParameter,
     OpenApiResponse,
+    extend_schema_field,
     extend_schema_serializer,
 )
 from rest_framework import serializers
 
+from namespaces_app.models import History
+from namespaces_app.serializers import BACKOFF_SECONDS_SCHEMA, backoff_kind_schema
 from taskq_project.ids import ID_SCHEMA, MAX_ID_LENGTH
-from tasks_app.models import MAX_INT, TaskStatus
+from tasks_app.models import (
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    MAX_INT,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    RESERVED_TASK_ID_SUFFIXES,
+    RESERVED_TASK_IDS,
+    TaskStatus,
+)
 from tasks_app.pagination import MAX_PAGE_SIZE
+from tasks_app.serializers import (
+    DELAYABLE_STATUSES,
+    MAX_PAYLOAD_BYTES,
+    MAX_UNIX_SECONDS,
+)
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -29,15 +47,72 @@ class ErrorSerializer(serializers.Serializer):
     )
 
 
-class NamespaceSerializer(serializers.Serializer):
+class NamespaceListItemSerializer(serializers.Serializer):
+    """A namespace in the list: its id only (its settings are on its GET)."""
+
     id = serializers.CharField(max_length=MAX_ID_LENGTH, min_length=1)
+
+
+@extend_schema_field(
+    {
+        "description": "How long the retry of a failed or expired attempt waits.",
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["kind"],
+                "additionalProperties": False,
+                "properties": {"kind": backoff_kind_schema("none")},
+                "description": "No backoff: a retry is due at once.",
+            },
+            {
+                "type": "object",
+                "required": ["kind", "base", "max", "jitter"],
+                "additionalProperties": False,
+                "properties": {
+                    "kind": backoff_kind_schema("exponential"),
+                    "base": {**BACKOFF_SECONDS_SCHEMA, "description": "Seconds."},
+                    "max": {**BACKOFF_SECONDS_SCHEMA, "description": "Seconds, at least `base`."},
+                    "jitter": {"type": "number", "minimum": 0, "maximum": 1},
+                },
+                "description": "Attempt n's retry waits min(max, base * 2^(n-1)) seconds, "
+                "less a random share of up to `jitter` of that.",
+            },
+        ],
+    },
+    component_name="RetryBackoff",
+)
+class RetryBackoffField(serializers.JSONField):
+    pass
+
+
+class NamespaceSerializer(serializers.Serializer):
+    """A namespace with its settings (read, registration and change answers)."""
+
+    id = serializers.CharField(max_length=MAX_ID_LENGTH, min_length=1)
+    default_timeout = serializers.IntegerField(
+        min_value=1,
+        max_value=MAX_INT,
+        allow_null=True,
+        help_text=f"Seconds, for tasks registered without `timeout`; null: {DEFAULT_TIMEOUT}.",
+    )
+    default_retries = serializers.IntegerField(
+        min_value=0,
+        max_value=MAX_INT,
+        allow_null=True,
+        help_text=f"For tasks registered without `retries_left`; null: {DEFAULT_RETRIES}.",
+    )
+    retry_backoff = RetryBackoffField()
+    history = serializers.ChoiceField(
+        choices=History.values,
+        help_text="Which ended attempts are kept: failures only, or all (done ones too).",
+    )
 
 
 # many=False: these already are the list envelopes (`{"list": [...]}`), which
 # drf-spectacular would otherwise wrap in an array (or a pagination envelope).
 @extend_schema_serializer(many=False)
 class NamespaceListSerializer(serializers.Serializer):
-    list = NamespaceSerializer(many=True)
+    list = NamespaceListItemSerializer(many=True)
 
 
 class TaskSerializer(serializers.Serializer):
@@ -53,6 +128,36 @@ class TaskSerializer(serializers.Serializer):
     attempt = serializers.IntegerField(
         min_value=0, help_text="How many times the task has been captured (1 on its first lease)."
     )
+    priority = serializers.IntegerField(
+        min_value=MIN_PRIORITY, max_value=MAX_PRIORITY, help_text="Lower numbers go out first."
+    )
+    available_at = serializers.IntegerField(
+        allow_null=True,
+        help_text="Unix seconds when the task is capturable next: its turn, or when its "
+        "lease's retry is due; null when never (done; failed, or leased, with no retries "
+        "left).",
+    )
+
+
+def _json_value(help_text: str, **kwargs: Any) -> serializers.JSONField:
+    """Any JSON value, null included."""
+    return serializers.JSONField(allow_null=True, help_text=help_text, **kwargs)
+
+
+class TaskDetailSerializer(TaskSerializer):
+    """A task as `GET /v1/task/{id}` shows it: with its payload and latest outcome."""
+
+    payload = _json_value("As registered; null when none.")
+    result = _json_value("The latest done release's result; null when none.")
+    last_error = _json_value("The latest error a failed or idle release gave; null when none.")
+
+
+class ListedTaskSerializer(TaskSerializer):
+    """A task in a list: `payload` only when asked for (`?fields=payload`)."""
+
+    payload = _json_value(
+        "As registered; null when none. Only with `?fields=payload`.", required=False
+    )
 
 
 class LeasedTaskSerializer(TaskSerializer):
@@ -62,14 +167,20 @@ class LeasedTaskSerializer(TaskSerializer):
     )
 
 
+class CapturedTaskSerializer(LeasedTaskSerializer):
+    """A task as capture leases it: with its token and its payload."""
+
+    payload = _json_value("As registered; null when none.")
+
+
 @extend_schema_serializer(many=False)
 class TaskListSerializer(serializers.Serializer):
-    list = TaskSerializer(many=True)
+    list = ListedTaskSerializer(many=True)
     next = serializers.URLField(allow_null=True, help_text="The next page, or null.")
 
 
 class CapturedSerializer(serializers.Serializer):
-    list = LeasedTaskSerializer(many=True)
+    list = CapturedTaskSerializer(many=True)
 
 
 class RegisteredListSerializer(serializers.Serializer):
@@ -95,16 +206,20 @@ class ReleasedSerializer(serializers.Serializer):
 
 
 class AttemptSerializer(serializers.Serializer):
-    attempt = serializers.IntegerField(min_value=1)
-    captured_at = serializers.IntegerField(allow_null=True, help_text="Unix seconds.")
+    attempt = serializers.IntegerField(min_value=1, help_text="1 for the first capture.")
+    captured_at = serializers.IntegerField(
+        allow_null=True, help_text="Unix seconds; null when not recorded."
+    )
     ended_at = serializers.IntegerField(
         allow_null=True, help_text="Unix seconds; null while in progress."
     )
     outcome = serializers.ChoiceField(
-        choices=["in_progress", "done", "failed", "handed_back", "expired", "cancelled"]
+        choices=["in_progress", "done", "failed", "handed_back", "expired", "cancelled"],
+        help_text="handed_back: released as idle; expired: the lease ran out; cancelled: "
+        "ended by an operator.",
     )
-    error = serializers.JSONField(allow_null=True)  # type: ignore[assignment]
-    result = serializers.JSONField(allow_null=True)
+    error = _json_value("The error its release gave; null when none.")  # type: ignore[assignment]
+    result = _json_value("The result its done release gave; null when none.")
     leased_by = serializers.CharField(
         allow_null=True, help_text="The name of the API token that held the lease."
     )
@@ -164,6 +279,14 @@ LIMIT_QUERY = OpenApiParameter(
     OpenApiParameter.QUERY,
     description="How many tasks to lease at most.",
 )
+WAIT_QUERY = OpenApiParameter(
+    "wait",
+    {"type": "integer", "minimum": 0, "maximum": 20, "default": 0},
+    OpenApiParameter.QUERY,
+    description="Long polling: when nothing can be leased at once, wait up to this many "
+    "seconds for a task to become capturable (registered, handed back, due, or a lease "
+    "expiring) and lease it then; an empty list after that.",
+)
 LIST_PARAMETERS = [
     OpenApiParameter(
         "namespace_id",
@@ -191,19 +314,94 @@ LIST_PARAMETERS = [
         OpenApiParameter.QUERY,
         description="From a previous page's `next`.",
     ),
+    OpenApiParameter(
+        "fields",
+        str,
+        OpenApiParameter.QUERY,
+        description="Extra fields of each task, comma-separated: `payload` adds the "
+        "payload. Other names are ignored.",
+        examples=[OpenApiExample("With payloads", value="payload")],
+    ),
 ]
 
+# What TaskIdField refuses beyond any id: the names of endpoints under /v1/task/.
+_TASK_ID = {
+    **ID_SCHEMA,
+    "not": {
+        "anyOf": [
+            {"enum": sorted(RESERVED_TASK_IDS)},
+            *({"pattern": f"{re.escape(suffix)}$"} for suffix in RESERVED_TASK_ID_SUFFIXES),
+        ]
+    },
+}
+# Neither hold (`available_at`, `delay`), or exactly one, which only an idle or
+# failed task takes (TaskCreateSerializer.validate).
+_ABSENT: dict[str, Any] = {"not": {}}
+_HOLDS = [
+    {"properties": {"available_at": _ABSENT, "delay": _ABSENT}},
+    *(
+        {
+            "required": [held],
+            "properties": {
+                other: _ABSENT,
+                "status": {"type": "string", "enum": [str(s) for s in DELAYABLE_STATUSES]},
+            },
+        }
+        for held, other in (("available_at", "delay"), ("delay", "available_at"))
+    ),
+]
 _NEW_TASK = {
     "type": "object",
     "required": ["id", "namespace_id"],
     "additionalProperties": False,
     "properties": {
-        "id": ID_SCHEMA,
+        "id": {
+            **_TASK_ID,
+            "description": "Not `capture`, `release` or `extend`, nor ending with `/attempts`.",
+        },
         "namespace_id": ID_SCHEMA,
-        "timeout": {"type": "integer", "minimum": 1, "maximum": MAX_INT, "default": 300},
-        "retries_left": {"type": "integer", "minimum": 0, "maximum": MAX_INT, "default": 3},
+        "timeout": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": MAX_INT,
+            "description": "Seconds. Default: the namespace's `default_timeout`, "
+            f"else {DEFAULT_TIMEOUT}.",
+        },
+        "retries_left": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": MAX_INT,
+            "description": f"Default: the namespace's `default_retries`, else {DEFAULT_RETRIES}.",
+        },
         "status": {"type": "string", "enum": TaskStatus.values, "default": "idle"},
+        "priority": {
+            "type": "integer",
+            "minimum": MIN_PRIORITY,
+            "maximum": MAX_PRIORITY,
+            "default": 0,
+            "description": "Capture leases lower numbers first.",
+        },
+        "payload": {
+            "nullable": True,
+            "description": "Any JSON value (null: none) with no `\\u0000` in a string or "
+            f"key (jsonb holds none), at most {MAX_PAYLOAD_BYTES:,} bytes as compact JSON.",
+        },
+        "available_at": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": MAX_UNIX_SECONDS,
+            "description": "Unix seconds: not capturable before then. Not with `delay`; "
+            "only for an idle or failed task.",
+        },
+        "delay": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": MAX_INT,
+            "description": "Seconds from now: not capturable before then. Not with "
+            "`available_at`; only for an idle or failed task.",
+        },
     },
+    "anyOf": _HOLDS,
 }
 # One task object, or a list of up to 1,000 registered together.
 TASK_REGISTRATION = {
@@ -215,6 +413,27 @@ TASK_REGISTRATION = {
         ]
     }
 }
+REGISTRATION_EXAMPLES = [
+    OpenApiExample(
+        "A task with a payload, urgent, in ten minutes",
+        value={
+            "id": "resize-42",
+            "namespace_id": "Images",
+            "payload": {"src": "s3://b/42.png", "w": 640},
+            "priority": 0,
+            "delay": 600,
+        },
+        request_only=True,
+    ),
+    OpenApiExample(
+        "Two tasks, one at a given time",
+        value=[
+            {"id": "report-nov", "namespace_id": "Reports"},
+            {"id": "report-dec", "namespace_id": "Reports", "available_at": 1767225600},
+        ],
+        request_only=True,
+    ),
+]
 
 RELEASE_EXAMPLES = [
     OpenApiExample(
@@ -228,11 +447,51 @@ RELEASE_EXAMPLES = [
                 }
             ],
         },
+        request_only=True,
     ),
     OpenApiExample(
         "Release by id (the seed's form)",
         value={"status": "done", "task_ids": ["Backup_Test_Shards1-10"]},
+        request_only=True,
     ),
+    OpenApiExample(
+        "Done, with a result",
+        value={
+            "status": "done",
+            "leases": [
+                {
+                    "id": "resize-42",
+                    "lease_token": "6f1c2a9e-0d3b-4f5e-8a7c-1b2d3e4f5a6b",
+                    "result": {"bytes": 18230},
+                }
+            ],
+        },
+        request_only=True,
+    ),
+    OpenApiExample(
+        "Failed, with an error and a wait before the retry",
+        value={
+            "status": "failed",
+            "leases": [{"id": "resize-42", "lease_token": "6f1c2a9e-0d3b-4f5e-8a7c-1b2d3e4f5a6b"}],
+            "error": {"type": "Timeout", "msg": "s3 read"},
+            "retry_after": 120,
+        },
+        request_only=True,
+    ),
+]
+
+_SETTINGS_EXAMPLE = {
+    "default_timeout": 60,
+    "retry_backoff": {"kind": "exponential", "base": 5, "max": 3600, "jitter": 0.2},
+}
+NAMESPACE_REGISTRATION_EXAMPLES = [
+    OpenApiExample("With settings", value={"id": "Images", **_SETTINGS_EXAMPLE}, request_only=True),
+]
+NAMESPACE_CHANGE_EXAMPLES = [
+    OpenApiExample(
+        "Defaults and an exponential backoff", value=_SETTINGS_EXAMPLE, request_only=True
+    ),
+    OpenApiExample("No backoff", value={"retry_backoff": {"kind": "none"}}, request_only=True),
 ]
 
 
@@ -255,8 +514,29 @@ def strict_request_bodies(result: dict[str, Any], **kwargs: Any) -> dict[str, An
         if name.endswith("Request") and component.get("type") == "object":
             component["additionalProperties"] = False
     if "ReleaseRequest" in schemas:
+        release = schemas["ReleaseRequest"]
         # Exactly one of the two forms: the seed's task_ids, or leases.
-        schemas["ReleaseRequest"]["oneOf"] = [{"required": ["task_ids"]}, {"required": ["leases"]}]
+        release["oneOf"] = [{"required": ["task_ids"]}, {"required": ["leases"]}]
+        # A done release may carry results, a failed or idle one errors and
+        # retry_after, for the batch or (results, errors) per lease; nothing
+        # else (ReleaseSerializer.validate).
+        release["anyOf"] = [
+            {
+                "properties": {
+                    "status": {"type": "string", "enum": ["done"]},
+                    "error": _ABSENT,
+                    "retry_after": _ABSENT,
+                    "leases": {"items": {"properties": {"error": _ABSENT}}},
+                }
+            },
+            {
+                "properties": {
+                    "status": {"type": "string", "enum": ["failed", "idle"]},
+                    "result": _ABSENT,
+                    "leases": {"items": {"properties": {"result": _ABSENT}}},
+                }
+            },
+        ]
     return result
 
 

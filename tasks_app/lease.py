@@ -852,7 +852,7 @@ WITH target AS MATERIALIZED (
 ), ended AS (
     SELECT * FROM target WHERE status = 'in_progress'
 ), {record}, logged AS ({log})
-SELECT id FROM changed
+SELECT id, namespace_id FROM changed
 """
 
 # An operator ending a lease clears its token, so the holder's release or
@@ -894,4 +894,26 @@ DESCRIBE_SKIPPED = f"""
 SELECT id, status, {CATEGORY["in_progress"].where()}
 FROM tasks_app_task
 WHERE id = ANY(%(ids)s)
+"""
+
+# Long polling (tasks_app.waiting): seconds until the next turn still to come
+# in namespace %(namespace_id)s (a delayed task's, a lease's retry), NULL when
+# none. One index probe per priority level, like CAPTURE's scans.
+NEXT_TURN = f"""
+SELECT extract(epoch FROM min(c.available_at) - {NOW})
+FROM generate_series({PRIORITIES[0]}, {PRIORITIES[-1]}) AS p(priority)
+CROSS JOIN LATERAL (
+    SELECT available_at
+    FROM tasks_app_task
+    WHERE namespace_id = %(namespace_id)s
+      AND priority = p.priority
+      AND available_at > {NOW}
+    ORDER BY available_at
+    LIMIT 1
+) AS c
+"""
+
+# Wake the waiting captures of namespaces %(ids)s, on every server.
+NOTIFY = """
+SELECT pg_notify(%(channel)s, namespace_id) FROM unnest(%(ids)s::text[]) AS namespace_id
 """

@@ -29,6 +29,7 @@ from tasks_app.services import (
     NewTask,
     Outcome,
 )
+from tasks_app.waiting import MAX_WAIT_SECONDS
 
 # Serialized (compact JSON, UTF-8) sizes.
 MAX_PAYLOAD_BYTES = 256 * 1024
@@ -55,11 +56,36 @@ class TaskIdField(IdField):
         return value
 
 
+def _json_help(max_bytes: int) -> str:
+    """What a JSONValueField takes, for the OpenAPI schema."""
+    return (
+        f"Any JSON value with no \\u0000 in a string or key, at most {max_bytes:,} bytes "
+        "as compact JSON"
+    )
+
+
+def _holds_nul(value: Any) -> bool:
+    """Whether a JSON value has U+0000 in a string or a key, anywhere in it."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
+
+
 class JSONValueField(serializers.JSONField):
     """Any JSON value (null included), at most `max_bytes` serialized."""
 
     def __init__(self, *, max_bytes: int, **kwargs: Any) -> None:
         self.max_bytes = max_bytes
+        kwargs.setdefault("help_text", f"{_json_help(max_bytes)}.")
         super().__init__(**kwargs)
 
     def to_internal_value(self, data: Any) -> Any:
@@ -72,6 +98,12 @@ class JSONValueField(serializers.JSONField):
         if size > self.max_bytes:
             raise serializers.ValidationError(
                 f"At most {self.max_bytes} bytes as compact JSON (got {size})."
+            )
+        # jsonb refuses the whole statement over one (PostgreSQL stores text
+        # without NUL): refused here, as the bad input it is, not a 500.
+        if _holds_nul(value):
+            raise serializers.ValidationError(
+                "Not storable as JSON: PostgreSQL's jsonb holds no \\u0000 in a string or key."
             )
         return value
 
@@ -148,8 +180,17 @@ class LeaseSerializer(StrictSerializer):
 class ReleasedLeaseSerializer(LeaseSerializer):
     """A lease being released, with what it came to (its status allowing)."""
 
-    result = JSONValueField(max_bytes=MAX_RESULT_BYTES, required=False, allow_null=True)
-    error = _error_field(required=False, allow_null=True)
+    result = JSONValueField(
+        max_bytes=MAX_RESULT_BYTES,
+        required=False,
+        allow_null=True,
+        help_text=f"Done only. {_json_help(MAX_RESULT_BYTES)} (instead of the batch's).",
+    )
+    error = _error_field(
+        required=False,
+        allow_null=True,
+        help_text=f"Failed or idle only. {_json_help(MAX_ERROR_BYTES)} (instead of the batch's).",
+    )
 
 
 class LeaseListField(serializers.ListField):
@@ -193,9 +234,26 @@ class ReleaseSerializer(StrictSerializer):
     )
     leases = LeaseListField(released=True, required=False)
     # For every task of the batch, unless its lease gives its own.
-    result = JSONValueField(max_bytes=MAX_RESULT_BYTES, required=False, allow_null=True)
-    error = _error_field(required=False, allow_null=True)
-    retry_after = StrictIntegerField(min_value=0, max_value=MAX_INT, required=False)
+    result = JSONValueField(
+        max_bytes=MAX_RESULT_BYTES,
+        required=False,
+        allow_null=True,
+        help_text=f"Done only. {_json_help(MAX_RESULT_BYTES)}, for every lease that gives none "
+        "of its own.",
+    )
+    error = _error_field(
+        required=False,
+        allow_null=True,
+        help_text=f"Failed or idle only. {_json_help(MAX_ERROR_BYTES)}, for every lease that "
+        "gives none of its own.",
+    )
+    retry_after = StrictIntegerField(
+        min_value=0,
+        max_value=MAX_INT,
+        required=False,
+        help_text="Failed or idle only. Seconds before the task is capturable again "
+        "(instead of the namespace's backoff).",
+    )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         status = attrs["status"]
@@ -292,19 +350,25 @@ class ExtendSerializer(StrictSerializer):
 class CaptureSerializer(StrictSerializer):
     namespace_id = IdField()
     limit = serializers.IntegerField(min_value=1, max_value=MAX_BATCH, default=1)
+    # Long polling: the web server waits (tasks_app.waiting); Django checks it.
+    wait = serializers.IntegerField(min_value=0, max_value=MAX_WAIT_SECONDS, default=0)
 
     def to_internal_value(self, data: Any) -> Any:
         # Query strings carry text: accept "10" but not "10.0", " 10" or "1e1".
-        limit = data.get("limit") if hasattr(data, "get") else None
-        if isinstance(limit, str) and not (limit.isascii() and limit.isdigit()):
-            raise serializers.ValidationError(
-                {"limit": ["A whole number from 1 to 1000 is required."]}
-            )
-        if isinstance(limit, bool) or isinstance(limit, float):
-            raise serializers.ValidationError(
-                {"limit": ["A whole number from 1 to 1000 is required."]}
-            )
+        for name, most in (("limit", MAX_BATCH), ("wait", MAX_WAIT_SECONDS)):
+            value = data.get(name) if hasattr(data, "get") else None
+            if (isinstance(value, str) and not (value.isascii() and value.isdigit())) or (
+                isinstance(value, bool) or isinstance(value, float)
+            ):
+                least = 1 if name == "limit" else 0
+                raise serializers.ValidationError(
+                    {name: [f"A whole number from {least} to {most} is required."]}
+                )
         return super().to_internal_value(data)
+
+    def capture_arguments(self) -> dict[str, Any]:
+        data = self.validated_data
+        return {"namespace_id": data["namespace_id"], "limit": data["limit"]}
 
 
 class TaskBatchSerializer(serializers.Serializer):

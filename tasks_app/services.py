@@ -19,7 +19,7 @@ from django.db.models import QuerySet
 from namespaces_app.exceptions import NamespaceNotFound
 from namespaces_app.models import Namespace
 from namespaces_app.services import Scope, in_scope
-from tasks_app import lease
+from tasks_app import lease, waiting
 from tasks_app.exceptions import TaskAlreadyExists, TaskNotFound, UnknownNamespaceForTask
 from tasks_app.models import (
     DEFAULT_RETRIES,
@@ -184,6 +184,8 @@ def register_tasks(*, tasks: Sequence[NewTask], scope: Scope = None) -> list[Tas
             taken = next(task.id for task in tasks if task.id not in inserted)
             # Leaving the block with an exception rolls the whole batch back.
             raise TaskAlreadyExists(taken)
+        # Sent at commit, with the tasks.
+        waiting.notify(namespace_ids)
     by_id = {row.id: row for row in rows}
     return [by_id[task.id] for task in tasks]
 
@@ -210,7 +212,7 @@ def capture_tasks(
         cursor.execute(lease.CAPTURE, lease.capture_params(namespace_id, limit, holder))
         # Django reads jsonb as text (its JSONField decodes it): so do we.
         rows = [
-            LeaseRow(*row[:-1], payload=None if row[-1] is None else orjson.loads(row[-1]))
+            LeaseRow._make([*row[:-1], None if row[-1] is None else orjson.loads(row[-1])])
             for row in cursor.fetchall()
         ]
     if not rows and not Namespace.objects.filter(pk=namespace_id).exists():
@@ -260,6 +262,10 @@ def release_tasks(
         )
         answers = cursor.fetchall()
     released, errors = _fence_outcome(ids, answers, TaskRow)
+    if status != TaskStatus.DONE:
+        # Failed with retries left, or handed back: capturable again, now or
+        # after its wait, so a waiting capture may want it.
+        waiting.notify([row.namespace_id for row in released if row.available_at is not None])
     return ReleaseResult(released=released, errors=errors)
 
 
@@ -408,6 +414,11 @@ class OperatorAction(StrEnum):
     DELETE = "delete"
 
 
+# The actions that can make a task capturable, which wake waiting captures.
+WAKING_ACTIONS = frozenset(
+    {OperatorAction.REQUEUE, OperatorAction.CANCEL_LEASE, OperatorAction.MARK_FAILED}
+)
+
 _ACTION_SQL = {
     OperatorAction.REQUEUE: lease.REQUEUE,
     OperatorAction.CANCEL_LEASE: lease.CANCEL_LEASE,
@@ -474,8 +485,11 @@ def apply_operator_action(
                 result.skipped["not registered"] = len(ids) - result.changed
             return result
         cursor.execute(_ACTION_SQL[action], {"ids": ids, "retries": reset_retries_to})
-        changed = {row[0] for row in cursor.fetchall()}
+        rows = cursor.fetchall()
+        changed = {row[0] for row in rows}
         result.changed = len(changed)
+        if action in WAKING_ACTIONS:
+            waiting.notify([row[1] for row in rows])
         skipped = [task_id for task_id in ids if task_id not in changed]
         if skipped:
             cursor.execute(lease.DESCRIBE_SKIPPED, {"ids": skipped})

@@ -62,13 +62,14 @@ TASK_REGISTERED = PolymorphicProxySerializer(
     create=extend_schema(
         summary="Register a task, or a list of up to 1,000 tasks",
         request=schema.TASK_REGISTRATION,
+        examples=schema.REGISTRATION_EXAMPLES,
         responses={201: TASK_REGISTERED, **schema.errors(409, 413, 415)},
     ),
     retrieve=extend_schema(
-        summary="Read a registered task",
+        summary="Read a registered task, with its payload and latest outcome",
         parameters=[schema.id_path("The task id.")],
         responses={
-            200: schema.TaskSerializer,
+            200: schema.TaskDetailSerializer,
             204: OpenApiResponse(description="No such task (empty body)."),
             **schema.errors(),
         },
@@ -82,7 +83,7 @@ TASK_REGISTERED = PolymorphicProxySerializer(
         summary="Capture (lease) tasks of a namespace",
         description="GET as in the seed; POST takes the same parameters (query string or "
         "JSON body) and is safe behind caches.",
-        parameters=[schema.NAMESPACE_ID_QUERY, schema.LIMIT_QUERY],
+        parameters=[schema.NAMESPACE_ID_QUERY, schema.LIMIT_QUERY, schema.WAIT_QUERY],
         request=None,
         responses={200: schema.CapturedSerializer, **schema.errors(404, 413, 415)},
     ),
@@ -191,7 +192,7 @@ class TaskViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         serializer = CaptureSerializer(data=data)
         serializer.is_valid(raise_exception=True)
         rows = services.capture_tasks(
-            **serializer.validated_data,
+            **serializer.capture_arguments(),
             scope=token_scope(request),
             holder=getattr(request.auth, "name", None),
         )

@@ -35,9 +35,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def server(tmp_path) -> Iterator[int]:
-    yield from serve(tmp_path)
+@pytest.fixture(scope="module")
+def server(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """One server for the tests that leave it as they found it.
+
+    Each test still starts from an empty database (transaction=True flushes
+    it), and the server keeps nothing of a request but idle connections.
+    `django_db_setup`: the server must be given the test database.
+    """
+    yield from serve(tmp_path_factory.mktemp("server"))
 
 
 def serve(tmp_path, **env: str) -> Iterator[int]:
@@ -48,11 +54,13 @@ def serve(tmp_path, **env: str) -> Iterator[int]:
         [sys.executable, "-m", "gunicorn", "-c", "taskq_project/gunicorn.conf.py"],
         cwd=BASE_DIR,
         env=subprocess_env(
-            PORT=str(port),
-            WEB_CONCURRENCY="1",
-            GUNICORN_ACCESS_LOG="/dev/null",
-            TASKQ_MAX_BODY_BYTES=str(BODY_LIMIT),
-            **env,
+            **{
+                "PORT": str(port),
+                "WEB_CONCURRENCY": "1",
+                "GUNICORN_ACCESS_LOG": "/dev/null",
+                "TASKQ_MAX_BODY_BYTES": str(BODY_LIMIT),
+                **env,
+            }
         ),
         stdout=log,
         stderr=log,
@@ -290,6 +298,7 @@ def test_a_request_that_finds_no_free_thread_is_answered_503_and_never_runs(one_
 def waiting_on_the_lock(blocker: psycopg.Connection) -> bool:
     row = blocker.execute(
         "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'tasks_app_task'::regclass"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
     ).fetchone()
     return row is not None and row[0] > 0
 

@@ -492,9 +492,9 @@ class TestExport:
         call_command("export_tasks", "--namespace", "ns", "--status", "done", stderr=err)
         output = capsysbinary.readouterr().out.decode()
         assert output.splitlines() == [
-            "id,namespace_id,timeout,retries_left,status",
-            "d000000,ns,300,0,done",
-            "d000001,ns,300,0,done",
+            "id,namespace_id,timeout,retries_left,status,priority,payload,available_at",
+            "d000000,ns,300,0,done,0,,",
+            "d000001,ns,300,0,done,0,,",
         ]
         assert "exported 2 task(s)" in err.getvalue()
 
@@ -504,21 +504,24 @@ class TestExport:
             "export_tasks", "--namespace", "other", "--format", "jsonl", stderr=io.StringIO()
         )
         lines = capsysbinary.readouterr().out.decode().splitlines()
+        turns = {
+            task_id: int(at.timestamp()) if at else None
+            for task_id, at in Task.objects.filter(namespace_id="other").values_list(
+                "id", "available_at"
+            )
+        }
         assert [json.loads(line) for line in lines] == [
             {
-                "id": "o000000",
+                "id": task_id,
                 "namespace_id": "other",
                 "timeout": 300,
                 "retries_left": 3,
                 "status": "idle",
-            },
-            {
-                "id": "o000001",
-                "namespace_id": "other",
-                "timeout": 300,
-                "retries_left": 3,
-                "status": "idle",
-            },
+                "priority": 0,
+                "payload": None,
+                "available_at": turns[task_id],
+            }
+            for task_id in ("o000000", "o000001")
         ]
 
     def test_export_of_unknown_namespace_is_an_error(self):
@@ -557,8 +560,8 @@ def test_an_import_killed_midway_leaves_nothing_behind(tmp_path):
             assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
             with connection.cursor() as cursor:
                 cursor.execute(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE query LIKE 'COPY taskq_import%%' AND state = 'active'"
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND query LIKE 'COPY taskq_import%%' AND state = 'active'"
                 )
                 copying = cursor.fetchone()[0] > 0
             time.sleep(0.05)
@@ -575,7 +578,8 @@ def test_an_import_killed_midway_leaves_nothing_behind(tmp_path):
     while time.monotonic() < deadline:
         with connection.cursor() as cursor:
             cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY taskq_import%%'"
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND query LIKE 'COPY taskq_import%%'"
             )
             if cursor.fetchone()[0] == 0:
                 break

@@ -81,11 +81,11 @@ class Command(BaseCommand):
 
             bar = tqdm(unit=" rows", unit_scale=True, desc="importing", file=sys.stderr)
 
-        write_rejections: Callable[[Iterator[Rejection]], None] | None = None
+        write_rejections: Callable[[tuple[str, ...], Iterator[Rejection]], None] | None = None
         if options["skip_invalid"] or options["rejects"]:
 
-            def write_rejections(rejections: Iterator[Rejection]) -> None:
-                _write_rejects(rejects_path, rejections)
+            def write_rejections(columns: tuple[str, ...], rejections: Iterator[Rejection]) -> None:
+                _write_rejects(rejects_path, columns, rejections)
 
         try:
             raw = sys.stdin.buffer if name == "-" else open(name, "rb")
@@ -142,11 +142,12 @@ class Command(BaseCommand):
         self.stdout.write(summary)
 
 
-def _write_rejects(path: Path, rejections: Iterator[Rejection]) -> None:
+def _write_rejects(path: Path, columns: tuple[str, ...], rejections: Iterator[Rejection]) -> None:
+    """The rejected rows with their line and reason, then the file's columns
+    (every column for JSON Lines, a payload as its compact JSON text): less
+    the first two columns, a file to fix and import again."""
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(
-            ["line", "reason", "id", "namespace_id", "timeout", "retries_left", "status"]
-        )
+        writer.writerow(["line", "reason", *columns])
         for rejection in rejections:
             writer.writerow([rejection.line, rejection.reason, *rejection.values])
