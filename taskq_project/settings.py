@@ -201,6 +201,25 @@ if TASKQ_DB_POOLER != "transaction":
         f"-c idle_in_transaction_session_timeout={TASKQ_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS}"
     )
 
+# Long polling (tasks_app.waiting) LISTENs on a session of its own, which a
+# pooler in transaction mode cannot keep: behind PgBouncer, point this at
+# PostgreSQL itself. Unset: the database the app uses.
+_LISTEN_URL = env_str("TASKQ_LISTEN_DATABASE_URL")
+TASKQ_LISTEN_DATABASE: dict[str, object] | None = None
+if _LISTEN_URL:
+    _listen = dj_database_url.parse(_LISTEN_URL)
+    TASKQ_LISTEN_DATABASE = {
+        key: value
+        for key, value in {
+            "host": _listen["HOST"],
+            "port": _listen["PORT"],
+            "dbname": _listen["NAME"],
+            "user": _listen["USER"],
+            "password": _listen["PASSWORD"],
+        }.items()
+        if value
+    }
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

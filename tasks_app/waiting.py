@@ -213,9 +213,8 @@ class Hub:
         """Seconds until the namespace's next future turn, None when none."""
         async with self._query_lock:
             if self._query is None or self._query.closed:
-                self._query = await psycopg.AsyncConnection.connect(
-                    **self._conninfo(), autocommit=True
-                )
+                conninfo = await asyncio.to_thread(self._conninfo)
+                self._query = await psycopg.AsyncConnection.connect(**conninfo, autocommit=True)
             cursor = await self._query.execute(lease.NEXT_TURN, {"namespace_id": namespace_id})
             row = await cursor.fetchone()
         return None if row is None or row[0] is None else float(row[0])
@@ -225,8 +224,9 @@ class Hub:
     async def _listen(self) -> None:
         while True:
             try:
+                conninfo = await asyncio.to_thread(self._conninfo)
                 async with await psycopg.AsyncConnection.connect(
-                    **self._conninfo(), autocommit=True
+                    **conninfo, autocommit=True
                 ) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self.listening.set()
@@ -289,11 +289,14 @@ def listen_conninfo() -> dict[str, Any]:
     """Where to LISTEN: PostgreSQL itself, never a pooler in transaction mode
     (which would hand the session to others): TASKQ_LISTEN_DATABASE_URL, else
     the database the app uses."""
-    params = dict(django_connection.get_connection_params())
-    listen_url = getattr(settings, "TASKQ_LISTEN_DATABASE", None)
-    if listen_url:
-        params.update(listen_url)
-    for key in ("cursor_factory", "context", "prepare_threshold"):
-        params.pop(key, None)
+    own = settings.TASKQ_LISTEN_DATABASE
+    if own:
+        params = {**own, "connect_timeout": 5}
+    else:
+        # (For the embedded server this may start it: called off the loop.)
+        params = dict(django_connection.get_connection_params())
+        for key in ("cursor_factory", "context", "prepare_threshold", "server_side_binding"):
+            params.pop(key, None)
+        # The app's statement timeouts (startup options) suit a LISTEN too.
     params["application_name"] = "taskq-listen"
     return params
