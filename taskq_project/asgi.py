@@ -184,6 +184,7 @@ async def waiting_capture(
     waiter = hub.enter(namespace_id)
     gone = asyncio.Event()
     watcher = loop.create_task(_watch_disconnect(receive, gone))
+    woken_before = False
     try:
         while True:
             response = await run(scope, body, send)
@@ -191,7 +192,9 @@ async def waiting_capture(
                 return
             status, _, answer_body, _ = response
             got = status == 200 and answer_body != EMPTY_CAPTURE
-            hub.captured(waiter, got=got)
+            if got or woken_before:
+                # (A first try that found nothing tells the hub nothing new.)
+                hub.captured(waiter, got=got)
             remaining = deadline - loop.time()
             if gone.is_set():
                 return
@@ -208,6 +211,7 @@ async def waiting_capture(
             if not woken.result():
                 await respond_with(response, scope, send)
                 return
+            woken_before = True
     finally:
         watcher.cancel()
         hub.leave(waiter)

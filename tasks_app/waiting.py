@@ -7,10 +7,11 @@ namespace's id once their change is committed, so every process on every
 server hears of it, whichever served the change.
 
 A process wakes one waiting capture of the namespace per notification, and
-the next one each time a woken capture gets tasks: a burst reaches as many
-waiters as it has tasks, and one task does not send every waiter to the
-database at once. Several processes each wake one of theirs; the capture
-statement (SKIP LOCKED) gives each task to one of them.
+two more each time a woken capture gets tasks: a burst reaches as many
+waiters as it has tasks, the wakes doubling while there is work, and one
+task does not send every waiter to the database at once. Several processes
+each wake one of theirs; the capture statement (SKIP LOCKED) gives each task
+to one of them.
 
 Work that becomes capturable by time alone (a delayed task's turn, a lease
 that expires with retries left) sends no notification: the process asks the
@@ -46,6 +47,8 @@ CHANNEL = "taskq_work"
 MAX_WAIT_SECONDS = 20
 # How often the next turn of a namespace with waiters is read again.
 REFRESH_SECONDS = 5.0
+# How many more waiters a capture that got tasks wakes.
+SPREAD = 2
 # The next turn of a namespace is read at most this often: a thousand
 # waiters that find nothing at once cost one read, not a thousand.
 MIN_REFRESH_SECONDS = 0.1
@@ -145,7 +148,9 @@ class Hub:
         """After a woken waiter's capture: it got tasks, so there may be more
         for the next; or it got none, so read when the next turn is."""
         if got:
-            self._wake_one(waiter.namespace_id, skip=waiter)
+            # Doubling: a burst is spread over the waiters in a few rounds.
+            for _ in range(SPREAD):
+                self._wake_one(waiter.namespace_id, skip=waiter)
         else:
             self._schedule_refresh(waiter.namespace_id)
 

@@ -40,23 +40,23 @@ def test_which_requests_wait(request_scope, body, expected):
     assert waiting.requested(request_scope, body) == expected
 
 
-def test_a_notification_wakes_one_waiter_and_a_capture_that_got_tasks_the_next():
+def test_a_notification_wakes_one_waiter_and_a_capture_that_got_tasks_two_more():
     async def scenario() -> None:
         hub = Hub(lambda: {})
         hub._schedule_refresh = lambda namespace_id: None  # type: ignore[method-assign]
         hub.start = lambda: None  # type: ignore[method-assign]
-        first, second, other = hub.enter("ns"), hub.enter("ns"), hub.enter("other")
+        first, second, third, fourth = (hub.enter("ns") for _ in range(4))
+        other = hub.enter("other")
         hub._wake_one("ns")
-        assert (first.woken.is_set(), second.woken.is_set()) == (True, False)
+        assert [w.woken.is_set() for w in (first, second, third, fourth)] == [1, 0, 0, 0]
         hub.captured(first, got=False)
         assert not second.woken.is_set()
         hub.captured(first, got=True)
-        assert second.woken.is_set()
+        assert [w.woken.is_set() for w in (second, third, fourth)] == [1, 1, 0]
         assert not other.woken.is_set()
         # A woken waiter that leaves passes its wake on.
-        third = hub.enter("ns")
         hub.leave(second)
-        assert third.woken.is_set()
+        assert fourth.woken.is_set()
 
     asyncio.run(scenario())
 
