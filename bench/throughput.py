@@ -175,7 +175,7 @@ def reset_table(*, idle: int, done: int = 0) -> None:
     from django.db import connection
 
     with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE tasks_app_task, tasks_app_throughput")
+        cursor.execute("TRUNCATE tasks_app_task, tasks_app_throughput CASCADE")
         if done:
             cursor.execute(LOAD_DONE_TASKS, {"namespace_id": NAMESPACE, "rows": done})
         cursor.execute(LOAD_IDLE_TASKS, {"namespace_id": NAMESPACE, "rows": idle})
