@@ -24,12 +24,7 @@ from namespaces_app.services import Settings, register_namespace
 from tasks_app.services import Lease, NewTask, Outcome, capture_tasks, register_tasks, release_tasks
 from tests.factories import make_namespace, make_tasks
 
-# One worker runs them all: the browser is started once per test process.
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.xdist_group("browser"),
-    pytest.mark.django_db(transaction=True),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 USERNAME = "operator"
 PASSWORD = "a-long-and-unguessable-pass"
