@@ -43,8 +43,11 @@ run: migrate
 stop:
 	$(PYTHON) scripts/supervisor.py stop
 
+# Spread over the machine's cores by pytest-xdist, each worker on a test
+# database of its own. The slow tests start first (tests/conftest.py), and a
+# worker is handed one test at a time, so none of them is left to the end.
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --maxschedchunk 1
 
 # The API tests again, through a real PgBouncer in transaction mode
 # (Debian's pgbouncer package); CI runs it.

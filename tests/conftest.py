@@ -1,8 +1,39 @@
+from collections.abc import Iterator
+
 import pytest
+from django.test import override_settings
 from rest_framework.test import APIClient
 
 from apikeys_app.services import create_token
 from tests.factories import make_namespace
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests marked slow first, each group in the order it was collected.
+
+    Each runs for many seconds. Started first, they are spread over the
+    workers that `make test` runs, and the quick tests fill in around them,
+    instead of one of them running on alone at the end.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_process_settings() -> Iterator[None]:
+    """Two costs of production's settings that tests pay many times over.
+
+    Passwords are hashed as in production, minus the cost (tests/hashers.py).
+    WhiteNoise indexes the collected static files (those of `make run`) each
+    time its middleware starts, and each test client starts its own: it
+    looks a file up when a request for one comes instead. No in-process
+    test requests a static file; the servers that tests start in
+    subprocesses run the production settings.
+    """
+    with override_settings(
+        PASSWORD_HASHERS=["tests.hashers.OneIterationPBKDF2PasswordHasher"],
+        WHITENOISE_AUTOREFRESH=True,
+    ):
+        yield
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -20,6 +21,30 @@ from pathlib import Path
 from pgserver._commands import POSTGRES_BIN_PATH  # type: ignore[import-untyped]
 
 SYSTEM_USER = "pgserver" if os.geteuid() == 0 else None
+
+
+def ensure_system_user() -> None:
+    """The `pgserver` user, and its access to the binaries, as the embedded database sets up.
+
+    Done here too: with DATABASE_URL set, no embedded server may have started
+    on this machine yet.
+    """
+    from pgserver.utils import (  # type: ignore[import-untyped]
+        ensure_folder_permissions,
+        ensure_prefix_permissions,
+        ensure_user_exists,
+    )
+
+    assert SYSTEM_USER is not None
+    try:
+        ensure_user_exists(SYSTEM_USER)
+    except subprocess.CalledProcessError:
+        # Another process of the test run added it at the same moment.
+        pwd.getpwnam(SYSTEM_USER)
+    readable = stat.S_IRGRP | stat.S_IROTH
+    ensure_prefix_permissions(POSTGRES_BIN_PATH)
+    ensure_folder_permissions(POSTGRES_BIN_PATH, readable | stat.S_IXGRP | stat.S_IXOTH)
+    ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", readable)
 
 
 def free_port() -> int:
@@ -34,6 +59,7 @@ class Cluster:
         self.data = self.root / "data"
         self.port = free_port()
         if SYSTEM_USER is not None:
+            ensure_system_user()
             entry = pwd.getpwnam(SYSTEM_USER)
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "utf8")

@@ -13,7 +13,11 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.faults.checker import check
+
+pytestmark = pytest.mark.slow
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "faults.py"
 

@@ -41,7 +41,7 @@ SUPERVISOR_RUN = [sys.executable, "scripts/supervisor.py", "run", "--watch-paren
 # scan of /proc finds exactly this test's processes, never anyone else's.
 MARKER = "TASKQ_TEST_MAKE_RUN"
 
-pytestmark = pytest.mark.timeout(START_SECONDS + 60)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(START_SECONDS + 60)]
 
 
 @pytest.fixture(scope="module")

@@ -214,6 +214,7 @@ def requests_made(driver: Any, quiet_seconds: float = 1.0, limit_seconds: float 
     return [url for request_id, url in sent.items() if request_id not in blocked]
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_in_a_browser_no_page_requests_another_host(recording_browser: Any) -> None:
     from selenium.webdriver.common.by import By

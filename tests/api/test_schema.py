@@ -29,11 +29,16 @@ EXTRA_OPERATIONS = {
 }
 
 
+# PyYAML's safe loader in C (libyaml), when PyYAML has it: the same document,
+# read ten times faster than by the pure-Python loader.
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 @pytest.fixture
 def schema(anon):
     r = anon.get("/v1/schema")
     assert r.status_code == 200
-    return yaml.safe_load(r.content)
+    return yaml.load(r.content, Loader=SAFE_LOADER)
 
 
 def test_schema_is_open_and_declares_every_seed_endpoint(schema):

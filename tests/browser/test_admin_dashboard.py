@@ -24,7 +24,7 @@ from tasks_app.models import Task
 from tasks_app.services import capture_tasks, release_tasks
 from tests.factories import make_namespace, make_tasks
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 USERNAME = "operator"
 PASSWORD = "a-long-and-unguessable-pass"
