@@ -138,6 +138,38 @@ def bench_database(name: str, *, keep: bool = False) -> Iterator[None]:
             _drop_and_create(name, create=False)
 
 
+@contextmanager
+def checkout_database(name: str, checkout: str, *, keep: bool = False) -> Iterator[str]:
+    """A fresh database `name` on the configured server with the schema of another
+    checkout (e.g. a `git worktree` of an earlier commit), for the `with` block; yields
+    its DATABASE_URL.
+
+    The checkout's own `manage.py migrate` builds it, so the earlier code's
+    statements run on the schema they were written for, beside today's on
+    the benchmark's own database. Dropped on exit unless `keep`.
+    """
+    from django.conf import settings
+    from django.db import connection
+
+    from taskq_project.database_url import database_url as url_of
+
+    if name in (settings.DATABASES["default"]["NAME"], connection.settings_dict["NAME"]):
+        raise SystemExit(f"refusing to use {name!r}: it is the configured or benchmark database")
+    _drop_and_create(name, create=True)
+    url = url_of(connection.settings_dict, name=name)
+    try:
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--verbosity", "0"],
+            cwd=checkout,
+            env={**_ORIGINAL_ENVIRON, "DATABASE_URL": url, STATEMENT_TIMEOUT_ENV: "0"},
+            check=True,
+        )
+        yield url
+    finally:
+        if not keep:
+            _drop_and_create(name, create=False)
+
+
 def database_url() -> str:
     """A DATABASE_URL for the database Django's default connection uses now."""
     from django.db import connection
@@ -181,6 +213,18 @@ def connect(url: str, **options: Any) -> psycopg.Connection[Any]:
     return conn
 
 
+def jsonb_as_text(conn: psycopg.Connection[Any]) -> None:
+    """Read jsonb columns as text on `conn`, as Django's connections do.
+
+    The product decodes a payload itself (orjson, in `capture_tasks`), so a
+    statement's payload then costs the server and the wire, not psycopg's
+    decoding with the json module.
+    """
+    from psycopg.types.string import TextLoader
+
+    conn.adapters.register_loader("jsonb", TextLoader)
+
+
 def checkpoint() -> None:
     """Flush dirty pages now, so that the next measurement does not pay for the last one's."""
     from django.db import connection
@@ -222,6 +266,52 @@ CROSS JOIN LATERAL (
     SELECT statement_timestamp() - interval '1 day' + g * interval '1 microsecond' AS at
 ) AS v
 """
+
+# Idle tasks of one namespace at one priority, ids `prefix`00000001...,
+# whose turns come a microsecond apart from `after` seconds from now (negative:
+# already come, so capturable in FIFO order; positive: delayed), each with a
+# JSON payload of exactly `payload_bytes` bytes of text (0: no payload).
+# Parameters: namespace_id, prefix, rows, priority, after, payload_bytes
+# (at least 12, the object's own characters, when not 0); `queued_tasks()`
+# gives them with defaults.
+LOAD_QUEUED_TASKS = """
+INSERT INTO tasks_app_task
+    (id, namespace_id, timeout, retries_left, status, priority, payload,
+     created_at, updated_at, available_at, lease_expires_at)
+SELECT %(prefix)s || lpad(g::text, 8, '0'), %(namespace_id)s, 300, 3, 'idle', %(priority)s,
+       CASE WHEN %(payload_bytes)s > 0 THEN
+           ('{"body": "' || rpad(md5(g::text), %(payload_bytes)s - 12, md5(g::text)) || '"}')::jsonb
+       END,
+       least(v.at, statement_timestamp()), least(v.at, statement_timestamp()), v.at, NULL
+FROM generate_series(1, %(rows)s) AS g
+CROSS JOIN LATERAL (
+    SELECT statement_timestamp() + make_interval(secs => %(after)s)
+           + g * interval '1 microsecond' AS at
+) AS v
+"""
+
+
+def queued_tasks(
+    namespace_id: str,
+    rows: int,
+    *,
+    prefix: str = "idle-",
+    priority: int = 0,
+    after: float = -86_400.0,
+    payload_bytes: int = 0,
+) -> dict[str, Any]:
+    """LOAD_QUEUED_TASKS's parameters; by default the tasks LOAD_IDLE_TASKS loads."""
+    if 0 < payload_bytes < 12:
+        raise ValueError("a payload is at least 12 bytes of JSON")
+    return {
+        "namespace_id": namespace_id,
+        "prefix": prefix,
+        "rows": rows,
+        "priority": priority,
+        "after": after,
+        "payload_bytes": payload_bytes,
+    }
+
 
 # History: done tasks that no capture can see, only make the table (and its
 # indexes) larger, as in a table that keeps what it did. Parameters as above.
