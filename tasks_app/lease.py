@@ -403,9 +403,14 @@ recorded AS (
     WHERE r.attempt > 0
     ON CONFLICT DO NOTHING
 ), pruned AS (
+    -- The EXISTS is a one-time filter: without a task past HISTORY attempts
+    -- (nearly always) the delete does nothing at all, whatever plan a
+    -- prepared statement's generic plan chose for the join (made over an
+    -- empty attempt table, a scan of the whole table).
     DELETE FROM tasks_app_attempt AS a
     USING (SELECT id, attempt FROM {source} WHERE attempt > {HISTORY}) AS r
     WHERE a.task_id = r.id AND a.attempt <= r.attempt - {HISTORY}
+      AND EXISTS (SELECT FROM {source} WHERE attempt > {HISTORY})
 )"""
 
 

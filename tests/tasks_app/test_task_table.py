@@ -182,3 +182,23 @@ def test_release_locks_in_id_order_whatever_plan_the_planner_picks():
     locked = plan[plan.index("CTE locked") : plan.index("CTE decided")]
     assert "LockRows" in locked
     assert "Sort Key: t_1.id" in locked or "Sort Key: t.id" in locked, locked
+
+
+@pytest.mark.django_db
+def test_the_history_prune_does_nothing_at_all_without_a_task_past_ten_attempts():
+    """A one-time filter gates the prune: whatever join a prepared
+    statement's generic plan chose (over an empty attempt table, a scan of
+    the whole table), it never runs when no task is past HISTORY attempts."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+    for statement in (lease.RELEASE, lease.CAPTURE, lease.RECLAIM_EXPIRED):
+        params = {
+            lease.RELEASE: lease.release_params(["t1"], None, "failed"),
+            lease.CAPTURE: lease.capture_params("ns", 10),
+            lease.RECLAIM_EXPIRED: {"batch": 10},
+        }[statement]
+        plan = explain(statement, params)
+        pruned = plan[plan.index("CTE pruned") :]
+        # Up to the next CTE of the statement (those sit at the top level).
+        end = pruned.find("\n  CTE ")
+        assert "One-Time Filter" in (pruned if end < 0 else pruned[:end]), plan
