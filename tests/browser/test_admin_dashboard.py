@@ -7,21 +7,19 @@ up on its own. Runs outside a wrapping transaction, as the live server's
 threads have their own database connections.
 """
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from django.contrib.auth import get_user_model
-from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+from selenium.common.exceptions import TimeoutException
 from selenium.webdriver import Chrome
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.select import Select
-from selenium.webdriver.support.ui import WebDriverWait
 
 from tasks_app.models import Task
 from tasks_app.services import capture_tasks, release_tasks
+from tests.browser.waits import wait_for
 from tests.factories import make_namespace, make_tasks
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -30,19 +28,6 @@ USERNAME = "operator"
 PASSWORD = "a-long-and-unguessable-pass"
 NAMESPACE = "orders"
 CATEGORIES = ("idle", "in_progress", "expired", "done", "failed_retry", "failed_for_good")
-
-T = TypeVar("T")
-
-
-def wait_for(
-    browser: Chrome, condition: Callable[[Chrome], T], message: str, timeout: float = 10
-) -> T:
-    # The dashboard swaps its HTML every few seconds: an element found just
-    # before a swap is stale, and the condition is simply tried again.
-    waiter = WebDriverWait(
-        browser, timeout, poll_frequency=0.2, ignored_exceptions=[StaleElementReferenceException]
-    )
-    return waiter.until(condition, message)
 
 
 def seed(*, failed: int) -> None:

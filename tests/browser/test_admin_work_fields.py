@@ -8,20 +8,18 @@ threads have their own database connections.
 """
 
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from django.contrib.auth import get_user_model
-from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+from selenium.common.exceptions import TimeoutException
 from selenium.webdriver import Chrome
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support.ui import WebDriverWait
 
 from namespaces_app.services import Settings, register_namespace
 from tasks_app.services import Lease, NewTask, Outcome, capture_tasks, register_tasks, release_tasks
+from tests.browser.waits import wait_for
 from tests.factories import make_namespace, make_tasks
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -35,19 +33,6 @@ PAYLOAD = {
     "lines": [{"sku": "A-1", "qty": 2}],
     "note": "</pre><script>window.taskqInjected = true;</script>",
 }
-
-T = TypeVar("T")
-
-
-def wait_for(
-    browser: Chrome, condition: Callable[[Chrome], T], message: str, timeout: float = 10
-) -> T:
-    # The dashboard swaps its HTML every few seconds: an element found just
-    # before a swap is stale, and the condition is simply tried again.
-    waiter = WebDriverWait(
-        browser, timeout, poll_frequency=0.2, ignored_exceptions=[StaleElementReferenceException]
-    )
-    return waiter.until(condition, message)
 
 
 def log_in(browser: Chrome, base_url: str) -> None:
