@@ -43,11 +43,12 @@ run: migrate
 stop:
 	$(PYTHON) scripts/supervisor.py stop
 
-# Spread over the machine's cores by pytest-xdist, each worker on a test
-# database of its own. The slow tests start first (tests/conftest.py), and a
-# worker is handed one test at a time, so none of them is left to the end.
+# Spread over the machine's cores by pytest-xdist (a worker per core and one
+# more), each worker on a test database of its own. The slow tests start first, and the tests that share a
+# costly fixture run on one worker (tests/conftest.py); the others go out
+# one at a time, so none of them is left to the end.
 test: setup
-	$(PY) -m pytest -n auto --maxschedchunk 1
+	$(PY) -m pytest -n auto
 
 # The API tests again, through a real PgBouncer in transaction mode
 # (Debian's pgbouncer package); CI runs it.
@@ -67,9 +68,10 @@ bench: setup
 bench-smoke: setup
 	$(PY) scripts/bench_smoke.py
 
-# The long fault-injection run (docs/reliability.md); `make test` runs a short one.
+# The fault-injection run (docs/reliability.md); CI runs a 30 s form with
+# FAULTS_SECONDS=30 FAULTS_WORKERS=6.
 faults: setup
-	$(PY) scripts/faults.py --seconds $(or $(FAULTS_SECONDS),180)
+	$(PY) scripts/faults.py --seconds $(or $(FAULTS_SECONDS),180) --workers $(or $(FAULTS_WORKERS),16)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -418,9 +418,37 @@ class RunResult:
     # Client processes that did not exit cleanly: their load is missing.
     client_failures: dict[str, int | None]
 
+    # Why the run proves nothing, however clean its verdict (see exercised()).
+    unexercised: list[str] = field(default_factory=list)
+
     @property
     def ok(self) -> bool:
-        return self.report.ok and not self.client_failures
+        return self.report.ok and not self.client_failures and not self.unexercised
+
+
+def exercised(
+    records: list[dict[str, Any]],
+    final: dict[str, Any],
+    report: checker.Report,
+    injected: Counter[str],
+) -> list[str]:
+    """What a run must have done for its clean verdict to mean anything.
+
+    Every kind of fault ran, work went through, some outcomes were lost to the
+    faults, and the checker is tied to this table: judged without its done
+    tasks, the same history must show acknowledged work lost.
+    """
+    problems = [f"fault {kind} never ran" for kind in FAULT_KINDS if injected[kind] < 1]
+    stats = report.stats
+    if stats["final"].get("done", 0) <= 20:
+        problems.append(f"only {stats['final'].get('done', 0)} tasks done")
+    if stats["ops"].get("release unknown", 0) + stats["ops"].get("capture unknown", 0) == 0:
+        problems.append("no capture or release met a fault")
+    sabotaged = dict(final, tasks=[t for t in final["tasks"] if t["status"] != "done"])
+    counts = checker.check(records, sabotaged, sweep_grace=SWEEP_GRACE).counts()
+    if not (counts["lost_registration"] > 0 and counts["lost_done_release"] > 0):
+        problems.append(f"the checker missed done tasks removed from the table: {counts}")
+    return problems
 
 
 def code_under_test() -> str:
@@ -501,6 +529,7 @@ def figures(
     history: Path,
     tree: str,
     client_failures: dict[str, int | None],
+    unexercised: list[str],
 ) -> str:
     stats = report.stats
     lines = [
@@ -550,9 +579,13 @@ def figures(
         lines.append(f"  ! {violation.kind} {violation.task_id}: {violation.detail}")
     for name, code in client_failures.items():
         lines.append(f"  ! client process {name} exited with {code}: its load is missing")
+    for problem in unexercised:
+        lines.append(f"  ! the run did not exercise the stack: {problem}")
     verdict = "OK" if report.ok else f"FAILED: {len(report.violations)} violations"
     if client_failures:
         verdict += "; INVALID RUN: client processes failed"
+    if unexercised:
+        verdict += "; INVALID RUN: it proves nothing (above)"
     lines.append(f"verdict: {verdict}")
     return "\n".join(lines)
 
@@ -648,6 +681,7 @@ def run(
     (workdir / "final.json").write_text(json.dumps(final, indent=1))
     records = merge_history(history_dir, workdir / "history.jsonl")
     report = checker.check(records, final, sweep_grace=SWEEP_GRACE)
+    unexercised = exercised(records, final, report, nemesis.injected)
     statuses = status_counts(records)
     text = figures(
         seconds=seconds,
@@ -660,10 +694,18 @@ def run(
         history=workdir / "history.jsonl",
         tree=tree,
         client_failures=client_failures,
+        unexercised=unexercised,
     )
     say(text)
     return RunResult(
-        report, nemesis.injected, nemesis.events, statuses, text, workdir, client_failures
+        report,
+        nemesis.injected,
+        nemesis.events,
+        statuses,
+        text,
+        workdir,
+        client_failures,
+        unexercised,
     )
 
 

@@ -1,3 +1,4 @@
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -6,6 +7,37 @@ from rest_framework.test import APIClient
 
 from apikeys_app.services import create_token
 from tests.factories import make_namespace
+
+# Modules whose tests share a costly module or session fixture (a server, a
+# cluster, a browser): under `make test` each runs on one worker, so the
+# fixture starts once. The other tests go out to the workers one at a time.
+ONE_WORKER_MODULES = {
+    "tests/browser/test_admin_dashboard.py": "browser",
+    "tests/browser/test_admin_work_fields.py": "browser",
+    "tests/test_database_faults.py": "database_faults",
+    "tests/test_database_settings.py": "database_settings",
+    "tests/test_long_polling.py": "long_polling",
+    "tests/test_make_run.py": "make_run",
+    "tests/test_web_server.py": "web_server",
+}
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    # One worker more than cores: much of the suite waits on servers,
+    # browsers and subprocesses, and the extra worker fills those waits.
+    return (os.cpu_count() or 1) + 1
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    # xdist's own --dist loadgroup marks tests through an attribute that
+    # pytest 9 no longer reads; the scheduler sees node ids, so group by those.
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduler(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return ONE_WORKER_MODULES.get(nodeid.split("::", 1)[0], nodeid)
+
+    return Scheduler(config, log)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -23,6 +23,8 @@ from taskq_project.db_errors import CONFLICT, transient
 from tests.factories import make_namespace, make_tasks
 from tests.pgcluster import Cluster, free_port, wait_for
 
+pytestmark = pytest.mark.slow
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 # Short, so the lock test does not wait long; migrations lift it for themselves.
 STATEMENT_TIMEOUT_MS = 1500

@@ -187,7 +187,7 @@ def recording_browser(live_server: Any, settings: Any) -> Iterator[Any]:
             driver.quit()
 
 
-def requests_made(driver: Any, quiet_seconds: float = 1.0, limit_seconds: float = 15) -> list[str]:
+def requests_made(driver: Any, quiet_seconds: float = 0.5, limit_seconds: float = 15) -> list[str]:
     """URLs of the requests the browser sent since the last call.
 
     Read until the page has sent nothing new for `quiet_seconds`: the docs

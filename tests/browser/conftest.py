@@ -27,6 +27,14 @@ CHROMIUM_ARGS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _dashboard_refreshes_every_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests watch the dashboard follow changes: let them wait 1 s, not 5."""
+    from taskq_project import admin_site
+
+    monkeypatch.setattr(admin_site, "DASHBOARD_REFRESH_SECONDS", 1)
+
+
 @pytest.fixture(scope="package", autouse=True)
 def _live_server_closes_its_connections() -> Iterator[None]:
     """Database connections of the live server end with each request.
