@@ -9,7 +9,8 @@ import os
 
 bind = os.environ.get("GUNICORN_BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
 # Requests are short and mostly wait on PostgreSQL: a few processes per core
-# keep the cores busy; each holds TASKQ_DB_POOL_SIZE database connections.
+# keep the cores busy; each holds a database connection per thread, plus two
+# for long polling (README, "Production layout").
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2))
 # uvicorn in each worker: an event loop reads requests whole before a view's
 # thread is involved, so a client trickling its request in holds no thread

@@ -120,6 +120,16 @@ def poll_until(condition: Callable[[], Any], deadline: float, interval: float = 
         time.sleep(interval)
 
 
+def as_from_a_terminal() -> None:
+    """Ctrl-C and Ctrl-\\ at their defaults, as a terminal's shell starts a command.
+
+    A suite run in the background (`make test &` from a script) has them
+    ignored, and the stack rightly keeps an inherited SIG_IGN (nohup).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 class Stack:
     """One `make run` (or what it execs) with a port, a database and a run dir of its own."""
 
@@ -158,6 +168,7 @@ class Stack:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=as_from_a_terminal,
             )
 
     def log(self) -> str:

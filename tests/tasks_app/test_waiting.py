@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from django.core import checks
 from django.test import override_settings
 
 from tasks_app import waiting
@@ -113,3 +114,18 @@ def test_taskq_listen_database_url_is_read_from_the_environment():
     assert out.strip() == (
         "{'host': 'pg.internal', 'port': 6432, 'dbname': 'taskq', 'user': 'u', 'password': 'p'}"
     )
+
+
+@pytest.mark.parametrize(
+    ("pooler", "listen", "warned"),
+    [
+        ("transaction", None, True),
+        ("transaction", {"host": "pg.internal"}, False),
+        ("session", None, False),
+        ("", None, False),
+    ],
+)
+def test_behind_a_transaction_pooler_a_listen_database_is_asked_for(pooler, listen, warned):
+    with override_settings(TASKQ_DB_POOLER=pooler, TASKQ_LISTEN_DATABASE=listen):
+        ids = [message.id for message in checks.run_checks()]
+    assert ("taskq.W001" in ids) is warned
