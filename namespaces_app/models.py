@@ -3,6 +3,9 @@ from django.db.models import F, Q
 
 from taskq_project.ids import MAX_ID_LENGTH
 
+# /v1/namespace/{id}/pause and /resume are endpoints: no id may end so.
+RESERVED_NAMESPACE_ID_SUFFIXES = ("/pause", "/resume")
+
 
 class History(models.TextChoices):
     """Which ended attempts a namespace's tasks keep (tasks_app's attempt history)."""
@@ -39,6 +42,11 @@ class Namespace(models.Model):
         db_default=History.FAILURES,
         default=History.FAILURES,
     )
+    # Set while an operator has paused the namespace: captures lease nothing
+    # (long-polling ones keep waiting); registrations and leases go on.
+    paused_at = models.DateTimeField(null=True, blank=True)
+    # At most this many valid leases at once in the namespace; NULL: no limit.
+    max_in_flight = models.IntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["id"]
@@ -46,6 +54,13 @@ class Namespace(models.Model):
             # The namespaces that keep done attempts too, read by each release.
             models.Index(
                 fields=["id"], name="namespace_full_history_idx", condition=Q(history="all")
+            ),
+            # The namespaces with max_in_flight, read by each release (their
+            # waiting captures are woken when a lease ends).
+            models.Index(
+                fields=["id"],
+                name="namespace_limited_idx",
+                condition=Q(max_in_flight__isnull=False),
             ),
         ]
         constraints = [
@@ -66,6 +81,10 @@ class Namespace(models.Model):
             models.CheckConstraint(
                 condition=Q(backoff_jitter__gte=0, backoff_jitter__lte=1),
                 name="namespace_backoff_jitter_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(max_in_flight__gte=1) | Q(max_in_flight__isnull=True),
+                name="namespace_max_in_flight_range",
             ),
         ]
 

@@ -3,7 +3,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from namespaces_app.models import History
+from namespaces_app.models import RESERVED_NAMESPACE_ID_SUFFIXES, History
 from namespaces_app.services import Backoff, Settings
 from taskq_project.api import IdField, StrictIntegerField, StrictSerializer
 
@@ -123,6 +123,13 @@ class NamespaceSettingsSerializer(StrictSerializer):
         required=False,
         help_text="Which ended attempts are kept: failures only (the default), or all.",
     )
+    max_in_flight = StrictIntegerField(
+        min_value=1,
+        max_value=MAX_INT,
+        required=False,
+        allow_null=True,
+        help_text="At most this many valid leases at once in the namespace; null: no limit.",
+    )
 
     def to_settings(self) -> Settings:
         """Only the settings given (PATCH changes those alone)."""
@@ -138,5 +145,17 @@ class NamespaceSettingsSerializer(StrictSerializer):
         return Settings(data)
 
 
+class NamespaceIdField(IdField):
+    def to_internal_value(self, data: Any) -> str:
+        value = super().to_internal_value(data)
+        for suffix in RESERVED_NAMESPACE_ID_SUFFIXES:
+            if value.endswith(suffix):
+                raise serializers.ValidationError(
+                    f"An id must not end with {suffix!r}"
+                    f" (/v1/namespace/{{id}}{suffix} is an endpoint)."
+                )
+        return value
+
+
 class NamespaceCreateSerializer(NamespaceSettingsSerializer):
-    id = IdField()
+    id = NamespaceIdField()

@@ -32,6 +32,11 @@ def render_namespace(namespace: Namespace) -> dict[str, Any]:
             }
         ),
         "history": namespace.history,
+        "max_in_flight": namespace.max_in_flight,
+        "paused": namespace.paused_at is not None,
+        "paused_at": (
+            None if namespace.paused_at is None else int(namespace.paused_at.timestamp())
+        ),
     }
 
 

@@ -106,6 +106,18 @@ class NamespaceSerializer(serializers.Serializer):
         choices=History.values,
         help_text="Which ended attempts are kept: failures only, or all (done ones too).",
     )
+    max_in_flight = serializers.IntegerField(
+        min_value=1,
+        max_value=MAX_INT,
+        allow_null=True,
+        help_text="At most this many valid leases at once in the namespace; null: no limit.",
+    )
+    paused = serializers.BooleanField(
+        help_text="Paused by an operator: captures lease nothing until it is resumed."
+    )
+    paused_at = serializers.IntegerField(
+        allow_null=True, help_text="Since when it is paused (unix seconds); null when it is not."
+    )
 
 
 # many=False: these already are the list envelopes (`{"list": [...]}`), which

@@ -6,7 +6,7 @@ from rest_framework.routers import SimpleRouter
 from namespaces_app.views import NamespaceViewSet
 from taskq_project.docs_views import RedocView, SchemaView, SwaggerView
 from taskq_project.views import healthz, index
-from tasks_app.views import TaskViewSet
+from tasks_app.views import NamespaceControlViewSet, TaskViewSet
 
 # `/?`: every endpoint answers with and without a trailing slash, without a
 # redirect (a redirected PUT arrives as a GET in many clients).
@@ -25,6 +25,17 @@ urlpatterns = [
         r"^v1/task/(?P<pk>[\s\S]+?)/attempts/?$",
         TaskViewSet.as_view({"get": "attempts"}),
         name="task-attempts",
+    ),
+    # Likewise for namespaces; their ids may not end with "/pause" or "/resume".
+    re_path(
+        r"^v1/namespace/(?P<pk>[\s\S]+?)/pause/?$",
+        NamespaceControlViewSet.as_view({"post": "pause"}),
+        name="namespace-pause",
+    ),
+    re_path(
+        r"^v1/namespace/(?P<pk>[\s\S]+?)/resume/?$",
+        NamespaceControlViewSet.as_view({"post": "resume"}),
+        name="namespace-resume",
     ),
     path("v1/", include(router.urls)),
     re_path(r"^healthz/?$", healthz, name="healthz"),

@@ -75,6 +75,9 @@ Available = Literal["queued", "after_lease", None]
 
 # Capture takes lower numbers first; 0 is the default.
 PRIORITIES = tuple(range(10))
+# The channel of NOTIFY and of long polling's LISTEN (tasks_app.waiting):
+# its payload is the namespace where work may have become capturable.
+WORK_CHANNEL = "taskq_work"
 # How many ended attempts of each task the history keeps, at least.
 HISTORY = 10
 
@@ -457,7 +460,22 @@ _CAPTURE_DERIVED = derived(
     expires=_CAPTURE_EXPIRES,
     retry_at=f"{_CAPTURE_EXPIRES} + {_backoff('t.attempt + 1', 'n')}",
 ).assignments
-CAPTURE = f"""
+#
+# The namespace's controls gate the whole statement: a one-time filter,
+# evaluated before any task is scanned or locked. A paused namespace leases
+# nothing. One with `max_in_flight` leases nothing here either: its captures
+# are CAPTURE_LIMITED, run by tasks_app.services.capture_tasks under a lock
+# on the namespace row after counting its valid leases (IN_FLIGHT), since a
+# single statement would count them from a snapshot older than the lock.
+# Without a pause or a limit, the gate costs one primary-key probe.
+_CAPTURE_GATE = """NOT EXISTS (
+        SELECT FROM namespaces_app_namespace
+        WHERE id = %(namespace_id)s AND (paused_at IS NOT NULL OR max_in_flight IS NOT NULL)
+    )"""
+
+
+def _capture(gate: str) -> str:
+    return f"""
 WITH picked AS MATERIALIZED (
     SELECT c.*
     FROM generate_series({PRIORITIES[0]}, {PRIORITIES[-1]}) AS p(priority)
@@ -472,6 +490,7 @@ WITH picked AS MATERIALIZED (
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     ) AS c
+    WHERE {gate}
     LIMIT %(limit)s
 ), leased AS (
     UPDATE tasks_app_task AS t
@@ -493,6 +512,29 @@ WITH picked AS MATERIALIZED (
     WHERE status = 'in_progress'
 ), {_record_attempts("taken_over", outcome="'expired'", ended_at="r.lease_expires_at")}
 SELECT {TASK_COLUMNS}, lease_token, payload FROM leased ORDER BY priority, queued_at, id
+"""
+
+
+CAPTURE = _capture(_CAPTURE_GATE)
+# The same, for a namespace whose row the caller holds locked (FOR NO KEY
+# UPDATE, which every other limited capture of it waits on) and whose free
+# slots it passed as %(limit)s: max_in_flight less IN_FLIGHT.
+CAPTURE_LIMITED = _capture("TRUE")
+
+# The valid leases of namespace %(namespace_id)s: in progress, not expired.
+# From the sweeper's index of leases, which holds the in-progress tasks only.
+IN_FLIGHT = f"""
+SELECT count(*)
+FROM tasks_app_task
+WHERE status = 'in_progress' AND lease_expires_at > {NOW} AND namespace_id = %(namespace_id)s
+"""
+
+# Lock a namespace's row for a limited capture, and read its controls.
+LOCK_FOR_CAPTURE = """
+SELECT paused_at IS NOT NULL, max_in_flight
+FROM namespaces_app_namespace
+WHERE id = %(namespace_id)s
+FOR NO KEY UPDATE
 """
 
 
@@ -576,11 +618,13 @@ WITH asked AS (
 # that decided it when not. `{source}` is the CTE of the rows it changed.
 # UNION ALL of the two, not a join of `decided` with `{source}`: on the hot
 # path nothing is refused, and the second branch is an empty filter.
-def _fence_answer(columns: list[str], source: str) -> str:
+def _fence_answer(columns: list[str], source: str, force: str | None = None) -> str:
     changed = ", ".join(f"r.{column}" for column in columns)
     refused = ", ".join(["decided.id", *["NULL"] * (len(columns) - 1)])
+    # A plain SELECT in a WITH runs only if read: `force` names one that must.
+    forced = f"WHERE (SELECT count(*) FROM {force}) >= 0" if force else ""
     return f"""
-SELECT NULL AS problem, NULL AS status, {changed} FROM {source} AS r
+SELECT NULL AS problem, NULL AS status, {changed} FROM {source} AS r {forced}
 UNION ALL
 SELECT decided.problem, decided.status, {refused} FROM decided WHERE decided.problem IS NOT NULL
 """
@@ -627,8 +671,17 @@ RELEASE = f"""
     _record_attempts(
         "kept", outcome=_RELEASE_OUTCOME, error="r.error::jsonb", result="r.result::jsonb"
     )
-}, logged AS ({_LOG_THROUGHPUT.format(source="released")})
-{_fence_answer(TASK_COLUMNS.split(", "), "released")}
+}, logged AS ({_LOG_THROUGHPUT.format(source="released")}
+), freed AS (
+    -- A lease ended in a namespace with max_in_flight frees a slot there:
+    -- wake its waiting captures (sent at commit). Namespaces without the
+    -- limit cost an empty probe of a partial index.
+    SELECT pg_notify('{WORK_CHANNEL}', r.namespace_id)
+    FROM (SELECT DISTINCT namespace_id FROM released) AS r
+    WHERE r.namespace_id = ANY(ARRAY(
+        SELECT id FROM namespaces_app_namespace WHERE max_in_flight IS NOT NULL))
+)
+{_fence_answer(TASK_COLUMNS.split(", "), "released", force="freed")}
 """
 
 
@@ -903,19 +956,33 @@ WHERE id = ANY(%(ids)s)
 
 # Long polling (tasks_app.waiting): seconds until the next turn still to come
 # in namespace %(namespace_id)s (a delayed task's, a lease's retry), NULL when
-# none. One index probe per priority level, like CAPTURE's scans.
+# none. One index probe per priority level, like CAPTURE's scans. A paused
+# namespace has none: its waiters wait for the resume's notification.
 NEXT_TURN = f"""
-SELECT extract(epoch FROM min(c.available_at) - {NOW})
-FROM generate_series({PRIORITIES[0]}, {PRIORITIES[-1]}) AS p(priority)
-CROSS JOIN LATERAL (
-    SELECT available_at
-    FROM tasks_app_task
-    WHERE namespace_id = %(namespace_id)s
-      AND priority = p.priority
-      AND available_at > {NOW}
-    ORDER BY available_at
-    LIMIT 1
-) AS c
+SELECT extract(epoch FROM least(
+    (SELECT min(c.available_at)
+     FROM generate_series({PRIORITIES[0]}, {PRIORITIES[-1]}) AS p(priority)
+     CROSS JOIN LATERAL (
+         SELECT available_at
+         FROM tasks_app_task
+         WHERE namespace_id = %(namespace_id)s
+           AND priority = p.priority
+           AND available_at > {NOW}
+         ORDER BY available_at
+         LIMIT 1
+     ) AS c),
+    -- With max_in_flight, each lease's expiry frees a slot too.
+    (SELECT min(lease_expires_at)
+     FROM tasks_app_task
+     WHERE status = 'in_progress' AND lease_expires_at > {NOW}
+       AND namespace_id = %(namespace_id)s
+       AND EXISTS (SELECT FROM namespaces_app_namespace
+                   WHERE id = %(namespace_id)s AND max_in_flight IS NOT NULL))
+) - {NOW})
+WHERE NOT EXISTS (
+    SELECT FROM namespaces_app_namespace
+    WHERE id = %(namespace_id)s AND paused_at IS NOT NULL
+)
 """
 
 # Wake the waiting captures of namespaces %(ids)s, on every server.

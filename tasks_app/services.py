@@ -15,6 +15,7 @@ from typing import Any, NamedTuple, TypeVar
 import orjson
 from django.db import connection, transaction
 from django.db.models import QuerySet
+from django.db.models.functions import Now
 
 from namespaces_app.exceptions import NamespaceNotFound
 from namespaces_app.models import Namespace
@@ -210,14 +211,81 @@ def capture_tasks(
         raise NamespaceNotFound(namespace_id)
     with connection.cursor() as cursor:
         cursor.execute(lease.CAPTURE, lease.capture_params(namespace_id, limit, holder))
-        # Django reads jsonb as text (its JSONField decodes it): so do we.
-        rows = [
-            LeaseRow._make([*row[:-1], None if row[-1] is None else orjson.loads(row[-1])])
-            for row in cursor.fetchall()
-        ]
-    if not rows and not Namespace.objects.filter(pk=namespace_id).exists():
+        rows = _lease_rows(cursor.fetchall())
+    if rows:
+        return rows
+    controls = (
+        Namespace.objects.filter(pk=namespace_id).values_list("paused_at", "max_in_flight").first()
+    )
+    if controls is None:
         raise NamespaceNotFound(namespace_id)
-    return rows
+    paused_at, max_in_flight = controls
+    if paused_at is not None or max_in_flight is None:
+        return []
+    return _capture_limited(namespace_id, limit, holder)
+
+
+def pause_namespace(*, namespace_id: str, scope: Scope = None) -> Namespace:
+    """Stop captures leasing in the namespace, from the next one on.
+
+    Registrations go on, and leases already taken run to their end and may
+    be released or extended. Waiting captures keep waiting. Pausing a
+    paused namespace changes nothing (it stays paused since the first time).
+    Raises NamespaceNotFound.
+    """
+    if not in_scope(namespace_id, scope):
+        raise NamespaceNotFound(namespace_id)
+    Namespace.objects.filter(pk=namespace_id, paused_at__isnull=True).update(paused_at=Now())
+    namespace = Namespace.objects.filter(pk=namespace_id).first()
+    if namespace is None:
+        raise NamespaceNotFound(namespace_id)
+    return namespace
+
+
+def resume_namespace(*, namespace_id: str, scope: Scope = None) -> Namespace:
+    """Let captures lease in the namespace again, and wake its waiting ones.
+    Raises NamespaceNotFound."""
+    if not in_scope(namespace_id, scope):
+        raise NamespaceNotFound(namespace_id)
+    if Namespace.objects.filter(pk=namespace_id, paused_at__isnull=False).update(paused_at=None):
+        waiting.notify([namespace_id])
+    namespace = Namespace.objects.filter(pk=namespace_id).first()
+    if namespace is None:
+        raise NamespaceNotFound(namespace_id)
+    return namespace
+
+
+def _capture_limited(namespace_id: str, limit: int, holder: str | None) -> list[LeaseRow]:
+    """Capture in a namespace with `max_in_flight`, never past it.
+
+    The namespace's row is locked first, so limited captures of it run one
+    at a time, each counting the valid leases after the one before it
+    committed; the capture then takes at most the free slots.
+    """
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(lease.LOCK_FOR_CAPTURE, {"namespace_id": namespace_id})
+        controls = cursor.fetchone()
+        if controls is None:
+            raise NamespaceNotFound(namespace_id)
+        paused, max_in_flight = controls
+        if paused:
+            return []
+        if max_in_flight is not None:
+            cursor.execute(lease.IN_FLIGHT, {"namespace_id": namespace_id})
+            (in_flight,) = cursor.fetchone()  # type: ignore[misc]
+            limit = min(limit, max_in_flight - in_flight)
+            if limit <= 0:
+                return []
+        cursor.execute(lease.CAPTURE_LIMITED, lease.capture_params(namespace_id, limit, holder))
+        return _lease_rows(cursor.fetchall())
+
+
+def _lease_rows(rows: list[tuple[Any, ...]]) -> list[LeaseRow]:
+    # Django reads jsonb as text (its JSONField decodes it): so do we.
+    return [
+        LeaseRow._make([*row[:-1], None if row[-1] is None else orjson.loads(row[-1])])
+        for row in rows
+    ]
 
 
 def release_tasks(

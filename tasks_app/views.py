@@ -15,6 +15,7 @@ from rest_framework.response import Response
 
 from apikeys_app.models import Role
 from apikeys_app.permissions import token_scope
+from namespaces_app.views import render_namespace
 from taskq_project import schema
 from taskq_project.views import validated_path_id
 from tasks_app import services
@@ -231,3 +232,34 @@ class TaskViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
 
 def _render_error(error: services.ReleaseError) -> dict[str, str]:
     return {"id": error.id, "code": str(error.code), "detail": error.detail}
+
+
+class NamespaceControlViewSet(viewsets.ViewSet):
+    """`/v1/namespace/{id}/pause` and `/resume`: an operator steers captures."""
+
+    @extend_schema(
+        summary="Pause a namespace's captures",
+        description="Captures lease nothing until it is resumed (waiting ones keep waiting); "
+        "registrations go on, and leases already taken run to their end. Operator role.",
+        request=None,
+        parameters=[schema.id_path("The namespace id.")],
+        responses={200: schema.NamespaceSerializer, **schema.errors(404)},
+    )
+    def pause(self, request: Request, pk: str) -> Response:
+        namespace = services.pause_namespace(
+            namespace_id=validated_path_id(pk, request), scope=token_scope(request)
+        )
+        return Response(render_namespace(namespace))
+
+    @extend_schema(
+        summary="Resume a paused namespace",
+        description="Captures lease again; waiting captures are woken. Operator role.",
+        request=None,
+        parameters=[schema.id_path("The namespace id.")],
+        responses={200: schema.NamespaceSerializer, **schema.errors(404)},
+    )
+    def resume(self, request: Request, pk: str) -> Response:
+        namespace = services.resume_namespace(
+            namespace_id=validated_path_id(pk, request), scope=token_scope(request)
+        )
+        return Response(render_namespace(namespace))

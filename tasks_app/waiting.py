@@ -42,7 +42,7 @@ from tasks_app import lease
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "taskq_work"
+CHANNEL = lease.WORK_CHANNEL
 # The most a capture may wait, in seconds (the API's bound on `wait`).
 MAX_WAIT_SECONDS = 20
 # How often the next turn of a namespace with waiters is read again.

@@ -19,15 +19,19 @@ from datetime import timedelta
 import pytest
 
 from apikeys_app.services import create_token
+from namespaces_app.services import Settings, change_namespace
 from tasks_app.bulk import import_tasks
 from tasks_app.models import Task
 from tasks_app.services import (
+    Lease,
     NewTask,
     OperatorAction,
     apply_operator_action,
     capture_tasks,
+    pause_namespace,
     register_tasks,
     release_tasks,
+    resume_namespace,
 )
 from tests.factories import make_namespace
 from tests.test_web_server import serve
@@ -251,3 +255,32 @@ def test_a_client_that_leaves_stops_its_wait_and_leases_nothing(servers, token):
     # And the server still serves waiters.
     waiter = Waiting(servers[0], token, wait=5)
     assert waiter.result() == ["t1"]
+
+
+def test_a_paused_namespace_keeps_its_waiters_waiting_until_it_is_resumed(servers, token):
+    make_namespace("ns")
+    pause_namespace(namespace_id="ns")
+    register_tasks(tasks=task("t1"))
+    waiter = Waiting(servers[1], token, wait=10)
+    settle()
+    # Paused: the task is there, the waiter is not answered.
+    assert waiter.thread.is_alive()
+    assert Task.objects.get(pk="t1").status == "idle"
+    resumed = time.monotonic()
+    resume_namespace(namespace_id="ns")
+    assert waiter.result() == ["t1"]
+    assert time.monotonic() - resumed < 1
+
+
+def test_a_slot_freed_under_max_in_flight_wakes_a_waiter(servers, token):
+    make_namespace("ns")
+    change_namespace(namespace_id="ns", settings=Settings(max_in_flight=1))
+    register_tasks(tasks=task("t1") + task("t2"))
+    (held,) = capture_tasks(namespace_id="ns", limit=1)
+    waiter = Waiting(servers[0], token, wait=10)
+    settle()
+    assert waiter.thread.is_alive()  # the namespace is full
+    freed = time.monotonic()
+    release_tasks(status="done", leases=[Lease(held.id, held.lease_token)])
+    assert waiter.result() == ["t2"]
+    assert time.monotonic() - freed < 1

@@ -26,6 +26,8 @@ EXTRA_OPERATIONS = {
     ("/v1/task/extend", "put"),
     ("/v1/task/{id}/attempts", "get"),
     ("/v1/namespace/{id}", "patch"),
+    ("/v1/namespace/{id}/pause", "post"),
+    ("/v1/namespace/{id}/resume", "post"),
 }
 
 
@@ -296,12 +298,19 @@ def test_every_answer_of_a_task_s_life_conforms_to_the_schema(api, schema, clock
         "default_retries",
         "retry_backoff",
         "history",
+        "max_in_flight",
+        "paused",
+        "paused_at",
     ]
     for path, method, call in [
         ("/v1/namespace/{id}", "get", lambda: api.get("/v1/namespace/ns")),
         ("/v1/namespace/{id}", "patch", lambda: api.patch("/v1/namespace/ns", {}, format="json")),
     ]:
         assert assert_answer_conforms(schema, path, method, call()) == namespace
+    paused = api.post("/v1/namespace/ns/pause")
+    assert assert_answer_conforms(schema, "/v1/namespace/{id}/pause", "post", paused)["paused"]
+    resumed = api.post("/v1/namespace/ns/resume")
+    assert assert_answer_conforms(schema, "/v1/namespace/{id}/resume", "post", resumed) == namespace
     listed = assert_answer_conforms(schema, "/v1/namespace", "get", api.get("/v1/namespace"))
     assert listed == {"list": [{"id": "ns"}]}
 

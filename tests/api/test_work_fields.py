@@ -250,13 +250,25 @@ def test_a_namespace_shows_its_settings_id_first(api):
     r = api.post("/v1/namespace", {"id": "ns"}, format="json")
     assert r.status_code == 201, r.content
     body = api.get("/v1/namespace/ns").json()
-    assert list(body) == ["id", "default_timeout", "default_retries", "retry_backoff", "history"]
+    assert list(body) == [
+        "id",
+        "default_timeout",
+        "default_retries",
+        "retry_backoff",
+        "history",
+        "max_in_flight",
+        "paused",
+        "paused_at",
+    ]
     assert body == {
         "id": "ns",
         "default_timeout": None,
         "default_retries": None,
         "retry_backoff": {"kind": "none"},
         "history": "failures",
+        "max_in_flight": None,
+        "paused": False,
+        "paused_at": None,
     }
     assert api.get("/v1/namespace").json() == {"list": [{"id": "ns"}]}
 

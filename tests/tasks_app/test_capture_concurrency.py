@@ -14,7 +14,7 @@ import pytest
 from django.db import connection, connections
 
 from apikeys_app.services import create_token
-from tasks_app.services import capture_tasks, release_tasks
+from tasks_app.services import Lease, capture_tasks, release_tasks
 from tests.factories import make_namespace, make_tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -134,3 +134,45 @@ def test_workers_capturing_and_handing_back_never_hold_a_task_at_the_same_time()
     with connection.cursor() as cursor:
         cursor.execute("SELECT status, min(retries_left) FROM tasks_app_task GROUP BY status")
         assert cursor.fetchall() == [("idle", 5)]  # handing back never charges a retry
+
+
+def test_sixteen_workers_never_hold_more_leases_than_max_in_flight():
+    from namespaces_app.services import Settings, change_namespace
+    from tasks_app.models import Attempt
+
+    limit = 4
+    make_namespace("ns")
+    # Every ended attempt kept, so the lease windows can be read back.
+    change_namespace(namespace_id="ns", settings=Settings(history="all", max_in_flight=limit))
+    make_tasks("ns", 300)
+
+    def work(index: int) -> int:
+        done = 0
+        empty = 0
+        while empty < 20:
+            rows = capture_tasks(namespace_id="ns", limit=1 + index % 3)
+            if not rows:
+                empty += 1
+                continue
+            empty = 0
+            leases = [Lease(row.id, row.lease_token) for row in rows]
+            assert release_tasks(status="done", leases=leases).errors == []
+            done += len(rows)
+        return done
+
+    finished = run_in_threads(WORKERS, work)
+    assert sum(finished) == 300
+    # The most leases valid at once, from the server's own lease windows:
+    # each attempt from its capture to its release.
+    events = sorted(
+        [(a.captured_at, 1) for a in Attempt.objects.all()]
+        + [(a.ended_at, -1) for a in Attempt.objects.all()],
+        key=lambda event: (event[0], event[1]),
+    )
+    held = most = 0
+    for _, change in events:
+        held += change
+        most = max(most, held)
+    assert Attempt.objects.count() == 300
+    # Reached, so the workers did contend for the slots; never passed.
+    assert most == limit
