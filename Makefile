@@ -77,6 +77,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy .
+	$(VENV)/bin/mypy --strict clients/python/taskq_client
 	$(VENV)/bin/lint-imports
 
 format: setup

@@ -14,6 +14,10 @@ from tests.factories import make_namespace
 ONE_WORKER_MODULES = {
     "tests/browser/test_admin_dashboard.py": "browser",
     "tests/browser/test_admin_work_fields.py": "browser",
+    "tests/client/test_cli_live.py": "client_cli",
+    "tests/client/test_client_live.py": "client",
+    "tests/client/test_readme_examples.py": "client_examples",
+    "tests/client/test_worker_live.py": "client_worker",
     "tests/test_database_faults.py": "database_faults",
     "tests/test_database_settings.py": "database_settings",
     "tests/test_long_polling.py": "long_polling",
