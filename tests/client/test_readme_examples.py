@@ -46,7 +46,10 @@ def test_the_python_worker_of_the_readme_does_what_it_says(server: int):
     register_tasks(
         tasks=[
             NewTask(id="ok", namespace_id="images", payload={"src": "s3://b/1.png", "w": 640}),
-            NewTask(id="bad", namespace_id="images", payload={"src": "ftp://x", "w": 1}),
+            # No retries: its failure is final, not captured again meanwhile.
+            NewTask(
+                id="bad", namespace_id="images", retries_left=0, payload={"src": "ftp://x", "w": 1}
+            ),
             NewTask(id="busy", namespace_id="images", payload={"src": "busy://b/2", "w": 2}),
         ]
     )
