@@ -120,6 +120,44 @@ class NamespaceSerializer(serializers.Serializer):
     )
 
 
+class _CountsSerializer(serializers.Serializer):
+    idle = serializers.IntegerField(help_text="Capturable now.")
+    scheduled = serializers.IntegerField(help_text="Idle or failed, their turn still to come.")
+    in_progress = serializers.IntegerField(help_text="Leased, the lease still valid.")
+    lease_expired = serializers.IntegerField(help_text="Leased, the lease past its end.")
+    done = serializers.IntegerField()
+    failed_retry = serializers.IntegerField(help_text="Failed, with retries left.")
+    failed_final = serializers.IntegerField(help_text="Failed for good.")
+
+
+class _FinishedSerializer(serializers.Serializer):
+    done = serializers.IntegerField()
+    failed = serializers.IntegerField()
+
+
+class _ThroughputSerializer(serializers.Serializer):
+    last_5_minutes = _FinishedSerializer()
+    last_60_minutes = _FinishedSerializer()
+
+
+class NamespaceStatsSerializer(serializers.Serializer):
+    """A namespace at a glance."""
+
+    id = serializers.CharField(max_length=MAX_ID_LENGTH, min_length=1)
+    paused = serializers.BooleanField()
+    max_in_flight = serializers.IntegerField(allow_null=True)
+    counts = _CountsSerializer(help_text="Tasks per state.")
+    estimated = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="The states whose count is the planner's estimate (above 100,000 rows).",
+    )
+    oldest_idle_age_seconds = serializers.FloatField(
+        allow_null=True, help_text="How long the oldest capturable task has waited; null: none."
+    )
+    in_flight = serializers.IntegerField(help_text="Valid leases: in progress, not expired.")
+    throughput = _ThroughputSerializer(help_text="Tasks finished, from the release log.")
+
+
 # many=False: these already are the list envelopes (`{"list": [...]}`), which
 # drf-spectacular would otherwise wrap in an array (or a pagination envelope).
 @extend_schema_serializer(many=False)

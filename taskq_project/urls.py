@@ -26,7 +26,8 @@ urlpatterns = [
         TaskViewSet.as_view({"get": "attempts"}),
         name="task-attempts",
     ),
-    # Likewise for namespaces; their ids may not end with "/pause" or "/resume".
+    # Likewise for namespaces; their ids may not end with "/pause", "/resume"
+    # or "/stats".
     re_path(
         r"^v1/namespace/(?P<pk>[\s\S]+?)/pause/?$",
         NamespaceControlViewSet.as_view({"post": "pause"}),
@@ -36,6 +37,11 @@ urlpatterns = [
         r"^v1/namespace/(?P<pk>[\s\S]+?)/resume/?$",
         NamespaceControlViewSet.as_view({"post": "resume"}),
         name="namespace-resume",
+    ),
+    re_path(
+        r"^v1/namespace/(?P<pk>[\s\S]+?)/stats/?$",
+        NamespaceControlViewSet.as_view({"get": "stats"}),
+        name="namespace-stats",
     ),
     path("v1/", include(router.urls)),
     re_path(r"^healthz/?$", healthz, name="healthz"),

@@ -235,3 +235,78 @@ def build_dashboard() -> Dashboard:
         done_per_minute=total_done,
         failed_per_minute=total_failed,
     )
+
+
+# The states under the names the API and the metrics give them.
+PUBLIC_STATE = {
+    "idle": "idle",
+    "scheduled": "scheduled",
+    "in_progress": "in_progress",
+    "expired": "lease_expired",
+    "done": "done",
+    "failed_retry": "failed_retry",
+    "failed_for_good": "failed_final",
+}
+
+# Tasks finished in one namespace since %(since)s, from the throughput log.
+FINISHED_SINCE = """
+SELECT coalesce(sum(done), 0), coalesce(sum(failed), 0)
+FROM tasks_app_throughput
+WHERE namespace_id = %(namespace_id)s AND at >= %(since)s
+"""
+
+
+@dataclass(frozen=True)
+class NamespaceFigures:
+    """One namespace at a glance (GET /v1/namespace/{id}/stats)."""
+
+    namespace: Namespace
+    counts: dict[str, Count]
+    oldest_idle_seconds: float | None
+    in_flight: int
+    # (done, failed) over the last 5 and the last 60 minutes.
+    finished_5_minutes: tuple[int, int]
+    finished_60_minutes: tuple[int, int]
+
+
+def namespace_figures(namespace_id: str) -> NamespaceFigures | None:
+    """Counts per state (exact, or the planner's estimate above
+    EXACT_COUNT_LIMIT rows, marked), queue lag, valid leases and throughput
+    of one namespace, each from an index; None when it does not exist."""
+    namespace = Namespace.objects.filter(pk=namespace_id).first()
+    if namespace is None:
+        return None
+    estimator = _Estimator()
+    counts: dict[str, Count] = {}
+    with connection.cursor() as cursor:
+        for category in CATEGORIES:
+            estimate = estimator.rows(category, namespace_id)
+            if estimate > EXACT_COUNT_LIMIT:
+                counts[category] = Count(estimate, estimated=True)
+                continue
+            cursor.execute(
+                f"SELECT count(*) FROM tasks_app_task"
+                f" WHERE namespace_id = %s AND {_CATEGORY_WHERE[category]}",
+                [namespace_id],
+            )
+            (value,) = cursor.fetchone()  # type: ignore[misc]
+            counts[category] = Count(value)
+        cursor.execute(f"{OLDEST_IDLE} WHERE n.id = %s", [namespace_id])
+        (_, age) = cursor.fetchone()  # type: ignore[misc]
+        cursor.execute(lease.IN_FLIGHT, {"namespace_id": namespace_id})
+        (in_flight,) = cursor.fetchone()  # type: ignore[misc]
+        cursor.execute(f"SELECT {NOW}")
+        (now,) = cursor.fetchone()  # type: ignore[misc]
+        finished = []
+        for minutes in (5, 60):
+            since = now - timedelta(minutes=minutes)
+            cursor.execute(FINISHED_SINCE, {"namespace_id": namespace_id, "since": since})
+            finished.append(tuple(cursor.fetchone()))  # type: ignore[arg-type]
+    return NamespaceFigures(
+        namespace=namespace,
+        counts=counts,
+        oldest_idle_seconds=None if age is None else float(age),
+        in_flight=in_flight,
+        finished_5_minutes=finished[0],
+        finished_60_minutes=finished[1],
+    )

@@ -19,6 +19,7 @@ from namespaces_app.views import render_namespace
 from taskq_project import schema
 from taskq_project.views import validated_path_id
 from tasks_app import services
+from tasks_app.dashboard import PUBLIC_STATE, NamespaceFigures, namespace_figures
 from tasks_app.filters import TaskFilter
 from tasks_app.models import Task
 from tasks_app.pagination import TaskCursorPagination
@@ -234,8 +235,58 @@ def _render_error(error: services.ReleaseError) -> dict[str, str]:
     return {"id": error.id, "code": str(error.code), "detail": error.detail}
 
 
+def _finished(counts: tuple[int, int]) -> dict[str, int]:
+    done, failed = counts
+    return {"done": done, "failed": failed}
+
+
+def render_figures(figures: NamespaceFigures) -> dict[str, Any]:
+    counts = figures.counts
+    return {
+        "id": figures.namespace.id,
+        "paused": figures.namespace.paused_at is not None,
+        "max_in_flight": figures.namespace.max_in_flight,
+        "counts": {PUBLIC_STATE[state]: count.value for state, count in counts.items()},
+        "estimated": [PUBLIC_STATE[state] for state, count in counts.items() if count.estimated],
+        "oldest_idle_age_seconds": figures.oldest_idle_seconds,
+        "in_flight": figures.in_flight,
+        "throughput": {
+            "last_5_minutes": dict(
+                zip(("done", "failed"), figures.finished_5_minutes, strict=True)
+            ),
+            "last_60_minutes": dict(
+                zip(("done", "failed"), figures.finished_60_minutes, strict=True)
+            ),
+        },
+    }
+
+
 class NamespaceControlViewSet(viewsets.ViewSet):
-    """`/v1/namespace/{id}/pause` and `/resume`: an operator steers captures."""
+    """`/v1/namespace/{id}/pause`, `/resume` and `/stats`: operators watch and steer."""
+
+    required_roles = {"stats": Role.READ_ONLY}
+
+    @extend_schema(
+        summary="A namespace at a glance",
+        description="Tasks per state, queue lag, valid leases and throughput. Counts above "
+        "100,000 rows are the planner's estimates, listed in `estimated`.",
+        parameters=[schema.id_path("The namespace id.")],
+        responses={
+            200: schema.NamespaceStatsSerializer,
+            204: OpenApiResponse(description="No such namespace (empty body)."),
+            **schema.errors(),
+        },
+    )
+    def stats(self, request: Request, pk: str) -> Response:
+        namespace_id = validated_path_id(pk, request)
+        scope = token_scope(request)
+        figures = (
+            namespace_figures(namespace_id) if scope is None or namespace_id in scope else None
+        )
+        if figures is None:
+            # As for the namespace itself: an unknown id is "204 No Content".
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        return Response(render_figures(figures))
 
     @extend_schema(
         summary="Pause a namespace's captures",

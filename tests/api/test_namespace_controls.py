@@ -94,7 +94,7 @@ def test_an_unknown_or_out_of_scope_namespace_is_a_404(api, namespace, action):
     assert api.get("/v1/namespace/ns").json()["paused"] is False
 
 
-@pytest.mark.parametrize("suffix", ["/pause", "/resume"])
+@pytest.mark.parametrize("suffix", ["/pause", "/resume", "/stats"])
 def test_a_namespace_id_may_not_end_with_an_endpoint(api, suffix):
     r = api.post("/v1/namespace", {"id": f"jobs{suffix}"}, format="json")
     assert r.status_code == 400
@@ -140,3 +140,51 @@ def test_without_controls_a_capture_is_one_statement(api, namespace, django_asse
     make_tasks(namespace, 2)
     with django_assert_num_queries(1):
         assert len(capture_tasks(namespace_id="ns", limit=2)) == 2
+
+
+def test_stats_count_every_state_and_the_leases_in_flight(api, namespace, clock):
+    make_tasks(namespace, 5, prefix="idle-")
+    make_tasks(namespace, 2, prefix="gone-", status="failed", retries_left=0)
+    make_tasks(namespace, 1, prefix="again-", status="failed", retries_left=1)
+    make_tasks(namespace, 1, prefix="done-", status="done")
+    api.post("/v1/task", {"id": "later", "namespace_id": "ns", "delay": 60}, format="json")
+    leased = capture(api, limit=3)  # idle first, oldest first
+    release(api, leased[:1])
+    clock.advance(1)
+    short = capture(api, limit=1)
+    api.put(
+        "/v1/task/extend",
+        {"leases": [{"id": short[0]["id"], "lease_token": short[0]["lease_token"]}], "timeout": 1},
+        format="json",
+    )
+    clock.advance(2)  # that lease has expired; the two of the first capture have not
+
+    r = api.get("/v1/namespace/ns/stats")
+    assert r.status_code == 200, r.content
+    body = r.json()
+    assert body["counts"] == {
+        "idle": 1,
+        "scheduled": 1,
+        "in_progress": 2,
+        "lease_expired": 1,
+        "done": 2,
+        "failed_retry": 1,
+        "failed_final": 2,
+    }
+    assert body["estimated"] == []
+    assert body["in_flight"] == 2
+    assert (body["id"], body["paused"], body["max_in_flight"]) == ("ns", False, None)
+    # The idle task left has waited since its registration, on the frozen
+    # clock exactly three seconds ago.
+    assert body["oldest_idle_age_seconds"] == 3.0
+    assert body["throughput"] == {
+        "last_5_minutes": {"done": 1, "failed": 0},
+        "last_60_minutes": {"done": 1, "failed": 0},
+    }
+
+
+def test_stats_of_an_unknown_or_hidden_namespace_answer_204(api, namespace):
+    assert api.get("/v1/namespace/nope/stats").status_code == 204
+    scoped = client_with("read-only", namespaces=("other",))
+    assert scoped.get("/v1/namespace/ns/stats").status_code == 204
+    assert client_with("read-only").get("/v1/namespace/ns/stats").status_code == 200

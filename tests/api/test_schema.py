@@ -28,6 +28,7 @@ EXTRA_OPERATIONS = {
     ("/v1/namespace/{id}", "patch"),
     ("/v1/namespace/{id}/pause", "post"),
     ("/v1/namespace/{id}/resume", "post"),
+    ("/v1/namespace/{id}/stats", "get"),
 }
 
 
@@ -311,6 +312,10 @@ def test_every_answer_of_a_task_s_life_conforms_to_the_schema(api, schema, clock
     assert assert_answer_conforms(schema, "/v1/namespace/{id}/pause", "post", paused)["paused"]
     resumed = api.post("/v1/namespace/ns/resume")
     assert assert_answer_conforms(schema, "/v1/namespace/{id}/resume", "post", resumed) == namespace
+    stats = api.get("/v1/namespace/ns/stats")
+    assert (
+        assert_answer_conforms(schema, "/v1/namespace/{id}/stats", "get", stats)["in_flight"] == 0
+    )
     listed = assert_answer_conforms(schema, "/v1/namespace", "get", api.get("/v1/namespace"))
     assert listed == {"list": [{"id": "ns"}]}
 
