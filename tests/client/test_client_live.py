@@ -93,6 +93,11 @@ def test_a_paused_namespace_captures_nothing_until_resumed(client: Client):
     assert [lease.id for lease in client.capture("ns", limit=3)] == ["t0", "t1"]
     with pytest.raises(NotFound):
         client.pause_namespace("nope")
+    stats = client.namespace_stats("ns")
+    assert stats is not None
+    assert (stats.in_flight, stats.counts["in_progress"], stats.counts["idle"]) == (2, 2, 1)
+    assert stats.throughput["last_5_minutes"] == {"done": 0, "failed": 0}
+    assert client.namespace_stats("nope") is None
 
 
 def test_tasks_round_trip(client: Client):

@@ -21,6 +21,7 @@ from .models import (
     Lease,
     LeaseError,
     Namespace,
+    NamespaceStats,
     ReleaseResult,
     ReleaseStatus,
     Task,
@@ -203,6 +204,16 @@ def delete_namespace(namespace_id: str) -> Call:
         Safety.IDEMPOTENT,
         gone_is_done=True,
     )
+
+
+def namespace_stats(namespace_id: str) -> Call:
+    return Call("GET", f"v1/namespace/{path_id(namespace_id)}/stats", Safety.IDEMPOTENT)
+
+
+def stats_or_none(sent: Sent) -> NamespaceStats | None:
+    if sent.response.status_code == 204:
+        return None
+    return NamespaceStats.from_json(json_of(sent))
 
 
 def namespace_or_none(sent: Sent) -> Namespace | None:

@@ -20,6 +20,7 @@ from .models import (
     ExtendResult,
     Lease,
     Namespace,
+    NamespaceStats,
     NewTask,
     ReleaseResult,
     ReleaseStatus,
@@ -157,6 +158,11 @@ class AsyncClient:
         """Change the settings given (None resets a default). NotFound if unknown."""
         body = _core.json_of(await self._send(_core.update_namespace(id, settings)))
         return Namespace.from_json(body)
+
+    async def namespace_stats(self, id: str) -> NamespaceStats | None:
+        """Tasks per state, queue lag, valid leases and throughput; None if
+        there is no such namespace."""
+        return _core.stats_or_none(await self._send(_core.namespace_stats(id)))
 
     async def pause_namespace(self, id: str) -> Namespace:
         """Stop the namespace's captures leasing (waiting ones keep waiting);

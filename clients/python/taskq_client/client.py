@@ -20,6 +20,7 @@ from .models import (
     ExtendResult,
     Lease,
     Namespace,
+    NamespaceStats,
     NewTask,
     ReleaseResult,
     ReleaseStatus,
@@ -154,6 +155,11 @@ class Client:
         """Change the settings given (None resets a default). NotFound if unknown."""
         body = _core.json_of(self._send(_core.update_namespace(id, settings)))
         return Namespace.from_json(body)
+
+    def namespace_stats(self, id: str) -> NamespaceStats | None:
+        """Tasks per state, queue lag, valid leases and throughput; None if
+        there is no such namespace."""
+        return _core.stats_or_none(self._send(_core.namespace_stats(id)))
 
     def pause_namespace(self, id: str) -> Namespace:
         """Stop the namespace's captures leasing (waiting ones keep waiting);

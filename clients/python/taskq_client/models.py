@@ -72,6 +72,37 @@ class Namespace:
 
 
 @dataclass(frozen=True, kw_only=True)
+class NamespaceStats:
+    """A namespace at a glance (`GET /v1/namespace/{id}/stats`): tasks per
+    state (some may be estimates, named in `estimated`), queue lag, valid
+    leases, and tasks finished over the last 5 and 60 minutes."""
+
+    id: str
+    paused: bool
+    max_in_flight: int | None
+    counts: dict[str, int]
+    estimated: list[str]
+    oldest_idle_age_seconds: float | None
+    in_flight: int
+    throughput: dict[str, dict[str, int]]
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> NamespaceStats:
+        return cls(
+            id=data["id"],
+            paused=bool(data.get("paused")),
+            max_in_flight=data.get("max_in_flight"),
+            counts=dict(data.get("counts") or {}),
+            estimated=list(data.get("estimated") or []),
+            oldest_idle_age_seconds=data.get("oldest_idle_age_seconds"),
+            in_flight=int(data.get("in_flight") or 0),
+            throughput=dict(data.get("throughput") or {}),
+            raw=data,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Task:
     """A task as the server rendered it.
 
