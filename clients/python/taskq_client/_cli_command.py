@@ -17,15 +17,16 @@ status decides the release:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Any, Protocol
+from typing import IO, Any, NoReturn, Protocol
 
 from .worker import Retry
 
@@ -40,6 +41,8 @@ EX_TEMPFAIL = 75
 # A child whose group still holds its pipes after it exited (a daemonised
 # grandchild) must not hold the task: its output is taken as it stands.
 PIPE_GRACE_SECONDS = 1.0
+# After SIGKILL, how long a process group may take to be gone.
+KILL_WAIT_SECONDS = 2.0
 
 
 class LeaseLike(Protocol):
@@ -122,11 +125,21 @@ class CommandStopped(Exception):
     """The command was terminated because the worker is shutting down."""
 
 
+class CommandUnstartable(Exception):
+    """The command could not be started at all (not executable, no `#!`
+    line, ...): every task would fail alike, so the worker must stop."""
+
+
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON: the client would refuse to send them.
+    raise ValueError(f"{name} is not JSON")
+
+
 def result_of(finished: Finished) -> Any:
     """The result of a command that exited 0 (None: no result)."""
     if finished.stdout_bytes <= RESULT_MAX_BYTES and finished.stdout.strip():
         try:
-            value = json.loads(finished.stdout)
+            value = json.loads(finished.stdout, parse_constant=_no_constant)
         except ValueError:
             pass
         else:
@@ -170,6 +183,14 @@ class _Drain:
                     del self.data[: len(self.data) - self._keep]
         except (OSError, ValueError):
             pass
+        finally:
+            # The reader owns the pipe: when a grandchild held it past the
+            # command's end, the runner left it open for this thread to
+            # finish, and it must not linger unclosed.
+            try:
+                self._stream.close()
+            except (OSError, ValueError):
+                pass
 
     def join(self, timeout: float) -> bytes:
         self._thread.join(timeout)
@@ -215,9 +236,10 @@ class CommandRunner:
         self.kill_after = kill_after
         self._lock = threading.Lock()
         self._running: set[subprocess.Popen[bytes]] = set()
-        self._by_task: dict[str, subprocess.Popen[bytes]] = {}
-        # Pids of the commands `stop()` terminated: their end is not theirs.
-        self._signalled: set[int] = set()
+        self._by_task: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
+        # The commands that were terminated: their end is not theirs. Not by
+        # pid, which the system gives out again.
+        self._signalled: set[subprocess.Popen[bytes]] = set()
         self._stopping = False
 
     @property
@@ -229,17 +251,20 @@ class CommandRunner:
         with self._lock:
             if self._stopping:
                 raise CommandStopped("the worker is shutting down")
-            process = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=task_environment(lease, self.env),
-                cwd=self.cwd,
-                process_group=0,
-            )
+            try:
+                process = subprocess.Popen(
+                    self.argv,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    env=task_environment(lease, self.env),
+                    cwd=self.cwd,
+                    process_group=0,
+                )
+            except OSError as exc:
+                raise CommandUnstartable(_unstartable(self.argv[0], exc)) from exc
             self._running.add(process)
-            self._by_task[lease.id] = process
+            self._by_task[_key(lease)] = process
         assert process.stdin and process.stdout and process.stderr
         try:
             feeder = threading.Thread(
@@ -254,41 +279,53 @@ class CommandRunner:
         finally:
             with self._lock:
                 self._running.discard(process)
-                if self._by_task.get(lease.id) is process:
-                    del self._by_task[lease.id]
-                terminated = process.pid in self._signalled
-        for drain, stream in ((out, process.stdout), (err, process.stderr)):
-            # Closing under a reader still blocked (a grandchild holds the
-            # pipe) would race it; that daemon thread ends with the pipe.
-            if not drain.alive:
-                stream.close()
+                if self._by_task.get(_key(lease)) is process:
+                    del self._by_task[_key(lease)]
+                terminated = process in self._signalled
+                self._signalled.discard(process)
+        # Each pipe is closed by its reader when it ends (_Drain): closing
+        # under a reader still blocked (a grandchild holds the pipe) would
+        # race it.
         return Finished(returncode, stdout, out.total, stderr, terminated)
 
-    def stop(self) -> None:
-        """Terminate the running commands (and start no more)."""
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def stop(self) -> bool:
+        """Terminate the running commands (and start no more), and wait until
+        their process groups are gone: SIGTERM, then SIGKILL after
+        `kill_after`. False if some group outlived even SIGKILL."""
         with self._lock:
             self._stopping = True
             processes = list(self._running)
-        self._terminate(processes)
-
-    def stop_for(self, task_id: str) -> None:
-        """Terminate the command running for this task, if one is."""
-        with self._lock:
-            process = self._by_task.get(task_id)
-        if process is not None:
-            self._terminate([process])
-
-    def _terminate(self, processes: list[subprocess.Popen[bytes]]) -> None:
-        # SIGTERM to each one's process group, then SIGKILL after `kill_after`.
-        with self._lock:
-            processes = [p for p in processes if p.pid not in self._signalled]
-            self._signalled.update(p.pid for p in processes)
+        self._signal(processes)
+        if _wait_gone(processes, self.kill_after):
+            return True
+        # Whatever the leader did: children that ignore SIGTERM are its group's.
         for process in processes:
-            _signal_group(process, signal.SIGTERM)
-        if processes:
-            timer = threading.Timer(self.kill_after, self._kill, args=(processes,))
+            _signal_group(process, signal.SIGKILL)
+        return _wait_gone(processes, KILL_WAIT_SECONDS)
+
+    def stop_for(self, lease: LeaseLike) -> None:
+        """Terminate the command running for this lease, if one is (SIGKILL
+        `kill_after` later, without waiting)."""
+        with self._lock:
+            process = self._by_task.get(_key(lease))
+        if process is not None and self._signal([process]):
+            timer = threading.Timer(self.kill_after, _signal_group, (process, signal.SIGKILL))
             timer.daemon = True
             timer.start()
+
+    def _signal(self, processes: list[subprocess.Popen[bytes]]) -> bool:
+        # SIGTERM to each one's process group, once; False if none was new.
+        with self._lock:
+            # One that run() let go already would stay in the set for good.
+            fresh = [p for p in processes if p in self._running and p not in self._signalled]
+            self._signalled.update(fresh)
+        for process in fresh:
+            _signal_group(process, signal.SIGTERM)
+        return bool(fresh)
 
     def wait(self, timeout: float) -> bool:
         """Wait for the running commands to end; False if some still run."""
@@ -299,11 +336,18 @@ class CommandRunner:
             time.sleep(0.02)
         return True
 
-    @staticmethod
-    def _kill(processes: list[subprocess.Popen[bytes]]) -> None:
-        for process in processes:
-            if process.poll() is None:
-                _signal_group(process, signal.SIGKILL)
+
+def _key(lease: LeaseLike) -> tuple[str, str]:
+    # A task can come back to this worker on a new lease while the command
+    # of its old one still runs.
+    return (lease.id, str(lease.raw.get("lease_token", "")))
+
+
+def _unstartable(program: str, exc: OSError) -> str:
+    text = f"cannot run {program!r}: {exc.strerror or exc}"
+    if exc.errno == errno.ENOEXEC:
+        text += " (a script needs a #! line)"
+    return text
 
 
 def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
@@ -311,6 +355,46 @@ def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
         os.killpg(process.pid, signum)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        # Not ours to signal: someone else's group took the number.
+        return False
+    return not _only_zombies(pgid)
+
+
+def _only_zombies(pgid: int) -> bool:
+    # An init that does not reap (a container's) leaves the group's orphans
+    # as zombies, which signals still "reach": they run no more, though.
+    try:
+        pids = [name for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return False
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                fields = stat.read().rpartition(b")")[2].split()
+        except OSError:
+            continue
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return False
+    return True
+
+
+def _wait_gone(processes: list[subprocess.Popen[bytes]], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        # The leader's own exit is not enough: what it started may run on.
+        if not any(_group_alive(p.pid) for p in processes):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
 
 
 class TaskHandler:
@@ -321,8 +405,11 @@ class TaskHandler:
     A command that was terminated because the worker is stopping waits, up
     to `hold` seconds, until `stopped` is set: the worker hands its task back
     idle meanwhile (its grace is over), which a failed release of its own
-    would pre-empt. One terminated because its lease was lost (`lost()`)
-    ends at once; the worker drops its outcome either way.
+    would pre-empt. So does a run refused because the worker is stopping,
+    and one whose command could not be started at all: that is no fault of
+    the task's, so `on_unstartable(message)` is called (to stop the worker)
+    and the message kept in `unstartable`. One terminated because its lease
+    was lost (`lost()`) ends at once; the worker drops its outcome either way.
     """
 
     def __init__(
@@ -332,27 +419,65 @@ class TaskHandler:
         tempfail_code: int = EX_TEMPFAIL,
         retry_after: float | None = 60,
         hold: float = 60.0,
+        on_unstartable: Callable[[str], None] | None = None,
     ) -> None:
         self.runner = runner
         self.tempfail_code = tempfail_code
         self.retry_after = retry_after
         self.hold = hold
+        self.on_unstartable = on_unstartable
+        self.unstartable: str | None = None
         self.stopped = threading.Event()
-        self._lost: set[str] = set()
+        self._lock = threading.Lock()
+        # By lease, not task: the task may be back here on a new lease.
+        self._active: set[tuple[str, str]] = set()
+        self._lost: set[tuple[str, str]] = set()
 
-    def lost(self, task_id: str) -> None:
+    def lost(self, lease: LeaseLike) -> None:
         """The lease is not ours any more: end its command, whose outcome would not count."""
-        self._lost.add(task_id)
-        self.runner.stop_for(task_id)
+        with self._lock:
+            # Told after the run (a release refused): nothing to end, nothing to keep.
+            if _key(lease) not in self._active:
+                return
+            self._lost.add(_key(lease))
+        self.runner.stop_for(lease)
 
     def __call__(self, lease: LeaseLike) -> object:
-        finished = self.runner.run(lease)
+        key = _key(lease)
+        with self._lock:
+            self._active.add(key)
+        try:
+            return self._run(lease, key)
+        finally:
+            with self._lock:
+                self._active.discard(key)
+                self._lost.discard(key)
+
+    def _run(self, lease: LeaseLike, key: tuple[str, str]) -> object:
+        try:
+            finished = self.runner.run(lease)
+        except CommandUnstartable as exc:
+            if self.unstartable is None:
+                self.unstartable = str(exc)
+                if self.on_unstartable is not None:
+                    self.on_unstartable(str(exc))
+            self._hold()
+        except CommandStopped:
+            self._hold()
         if finished.terminated:
-            if lease.id not in self._lost:
-                self.stopped.wait(self.hold)
+            with self._lock:
+                lost = key in self._lost
+            if not lost:
+                self._hold()
             raise CommandStopped("terminated")
         if finished.returncode == 0:
             return result_of(finished)
         if finished.returncode == self.tempfail_code:
             raise Retry(error_of(finished), after=self.retry_after)
         raise CommandFailed(error_of(finished))
+
+    def _hold(self) -> NoReturn:
+        # Until the worker has handed the task back idle: a failed release
+        # now would cost the task a retry for no fault of its own.
+        self.stopped.wait(self.hold)
+        raise CommandStopped("terminated")

@@ -56,7 +56,9 @@ class RetryPolicy:
 
     def delay(self, retry: int, retry_after: float | None = None) -> float:
         """Seconds to wait before retry number `retry` (0 for the first)."""
-        ceiling = min(self.max_backoff, self.backoff * (2**retry))
+        # Capped exponent: past ~60 doublings the ceiling is max_backoff
+        # anyway, and an unbounded one overflows the float multiplication.
+        ceiling = min(self.max_backoff, self.backoff * (2 ** min(retry, 60)))
         wait = random.uniform(0, ceiling)
         if retry_after is not None:
             wait = max(wait, min(retry_after, self.max_backoff))

@@ -16,6 +16,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict
 from types import FrameType
@@ -47,6 +48,11 @@ exit codes:
   5    the server is unavailable, or unreachable, after the client's retries
   130  interrupted (Ctrl-C)
 """
+
+WORK_EXIT_CODES = EXIT_CODES.replace(
+    "no URL or token\n",
+    "no URL or token,\n       or (work) COMMAND could not be started: its tasks are handed back\n",
+)
 
 ENVIRONMENT = """\
 environment:
@@ -654,8 +660,19 @@ A command whose lease is lost meanwhile (the task was captured again
 elsewhere, or an operator ended the lease) is terminated: its outcome would
 not count.
 
+A command that cannot be started at all (not executable, a script without
+a #! line) stops the worker at once: running commands are terminated, every
+task is handed back idle, without costing it a retry, and the exit status
+is 2.
+
 Each command runs in a process group of its own: Ctrl-C in the terminal
-reaches the worker, not the commands it is letting finish.
+reaches the worker, not the commands it is letting finish. A task is handed
+back only once its command's process group is gone, so that it never runs
+twice at once.
+
+The commands inherit the worker's environment, TASKQ_URL and TASKQ_TOKEN
+included (so that they can call taskq themselves); unset what they should
+not see, e.g. `env -u TASKQ_TOKEN COMMAND`, or pass --token instead.
 
 example:
   taskq work files -- ./checksum.sh
@@ -663,14 +680,24 @@ example:
 
 
 class _Worker(Worker):
-    """A Worker that remembers which signal stopped it (Ctrl-C exits 130)."""
+    """A Worker that remembers which signal stopped it (Ctrl-C exits 130).
+
+    A second signal only sets `hurry`: the Worker's own reaction, handing
+    the running tasks back at once, must wait until their commands are gone
+    (`work` ends the grace itself, with `stop()`)."""
 
     stop_signal: int | None = None
+    hurry = False
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self.stop_signal is None:
             self.stop_signal = signum
-        super()._on_signal(signum, frame)
+        # Stopping already (a signal, or `work` itself): the Worker's own
+        # reaction would be the hurried hand-back.
+        if self.stopping:
+            self.hurry = True
+        else:
+            super()._on_signal(signum, frame)
 
 
 class _LogFormatter(logging.Formatter):
@@ -713,11 +740,15 @@ def work(client: Client, args: argparse.Namespace) -> int:
     if not _executable(args.argv[0]):
         raise UsageError(f"cannot run {args.argv[0]!r}: not found, or not executable")
     runner = command.CommandRunner(args.argv, kill_after=args.kill_after)
+    # The worker's own grace is a backstop only: the grace timer below ends
+    # the grace, once the commands are gone.
+    backstop = args.grace + args.kill_after + command.KILL_WAIT_SECONDS + 5
     handler = command.TaskHandler(
         runner,
         tempfail_code=args.tempfail_code,
         retry_after=args.retry_after,
-        hold=args.grace + args.kill_after + 30,
+        hold=backstop + 30,
+        on_unstartable=lambda message: stop_now(),
     )
     stopping = threading.Event()
 
@@ -744,11 +775,24 @@ def work(client: Client, args: argparse.Namespace) -> int:
             text += f"  (stopping, grace {args.grace:g}s)"
         progress.update(text, force=final)
 
+    def stop_now() -> None:
+        worker.hurry = True
+        # A second stop() would be the hurried hand-back, before the commands are gone.
+        if not worker.stopping:
+            worker.stop()
+
     def grace_timer() -> None:
-        # At the end of the grace period the worker hands the leases of
-        # commands still running back; end those commands with it.
-        if not handler.stopped.wait(args.grace):
-            runner.stop()
+        # At the end of the grace the worker hands the tasks of commands
+        # still running back: another worker may start them then, so the
+        # commands must be gone first.
+        deadline = time.monotonic() + args.grace
+        while not worker.hurry and time.monotonic() < deadline:
+            if handler.stopped.wait(0.05):
+                return
+        if not runner.stop():
+            warn("some commands outlived SIGKILL; their tasks are handed back all the same")
+        # The second request ends the worker's grace: it hands back now.
+        worker.stop()
 
     def on_event(kind: str, lease: Lease | None) -> None:
         if kind == "stopping":
@@ -757,11 +801,10 @@ def work(client: Client, args: argparse.Namespace) -> int:
         elif kind == "lost" and lease is not None:
             # Another worker has the task now (or an operator ended the
             # lease): this run's outcome would not count.
-            handler.lost(lease.id)
+            handler.lost(lease)
         elif kind == "handed_back" and lease is not None:
-            # Handed back while running: the grace is over (a second signal
-            # ends it at once).
-            runner.stop_for(lease.id)
+            # Only if the backstop ran out first: the command is gone by now.
+            runner.stop_for(lease)
         elif kind == "done" and args.verbose and lease is not None:
             log_handler.emit(
                 logging.makeLogRecord({"msg": f"task {lease.id} done", "levelno": logging.INFO})
@@ -775,7 +818,7 @@ def work(client: Client, args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         batch=args.batch,
         wait=args.wait,
-        grace=args.grace,
+        grace=backstop,
         on_event=on_event,
     )
     try:
@@ -789,6 +832,9 @@ def work(client: Client, args: argparse.Namespace) -> int:
         progress.close()
     if args.json:
         emit_json(asdict(worker.stats))
+    if handler.unstartable is not None:
+        warn(handler.unstartable)
+        return USAGE
     return INTERRUPTED if worker.stop_signal == signal.SIGINT else OK
 
 
@@ -1006,6 +1052,7 @@ def build_parser() -> argparse.ArgumentParser:
         WORK_HELP,
     )
     p.usage = "taskq work [OPTIONS] NAMESPACE -- COMMAND [ARGS...]"
+    p.epilog = WORK_EXIT_CODES + "\n" + ENVIRONMENT
     p.add_argument("namespace", metavar="NAMESPACE")
     p.add_argument(
         "--concurrency",

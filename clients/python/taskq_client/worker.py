@@ -4,7 +4,17 @@ The contract of both runners:
 
 - Work is long-polled (`capture` with `wait`), `limit` being the free
   handler slots (at most `batch`): every lease captured starts at once.
-- While a handler runs, its lease is extended every third of its timeout.
+- While a handler runs, and until its release is answered, its lease is
+  extended every third of its timeout.
+- A release the service cannot take yet (`Unavailable`, `RateLimited`) is
+  sent again, with backoff, until it is answered, the lease is found lost,
+  or the grace period after a stop has run out (then it counts as lost).
+- A handler ended by a BaseException (SystemExit, KeyboardInterrupt, an
+  async handler's own CancelledError) releases its lease `failed` with the
+  exception's name; the exception then goes on (a CancelledError of the
+  handler's own excepted).
+- A capture error goes on only when retrying cannot help (400, 401, 403,
+  404, a missing configuration); any other is waited out with backoff.
 - A handler's return value is the `done` release's `result` (None sends
   none); an exception releases the lease `failed` with its text as `error`
   (a `Retry(after=s)` also holds the retry back `s` seconds). A result the
@@ -44,7 +54,16 @@ from typing import Any
 
 from .async_client import AsyncClient
 from .client import Client
-from .errors import BadRequest, RateLimited, TaskqError, Unavailable
+from .errors import (
+    BadRequest,
+    ConfigError,
+    Forbidden,
+    NotFound,
+    RateLimited,
+    TaskqError,
+    Unauthorized,
+    Unavailable,
+)
 from .models import UNSET, Lease, ReleaseResult, ReleaseStatus
 
 log = logging.getLogger("taskq_client.worker")
@@ -53,6 +72,11 @@ EventCallback = Callable[[str, Lease | None], None]
 # An error is at most 8 KiB of compact JSON on the server; kept below.
 MAX_ERROR_BYTES = 8000
 LOST_CODES = ("stale_lease", "not_in_progress", "not_found")
+# Errors after which a capture sent again fails again.
+_FATAL_CAPTURE = (ConfigError, BadRequest, Unauthorized, Forbidden, NotFound)
+_FATAL_STATUSES = frozenset({400, 401, 403, 404})
+# Errors after which a fenced release may well succeed when sent again.
+_TRANSIENT_RELEASE = (Unavailable, RateLimited)
 # How often loops that wait look at the stop flag: a signal handler may only
 # set flags (taking a lock there can deadlock the thread it interrupted).
 POLL_SECONDS = 0.1
@@ -95,6 +119,13 @@ def _clip(text: str) -> str:
 
 def _error_text(exc: BaseException) -> str:
     return _clip(str(exc) or type(exc).__name__)
+
+
+def _outcome_of_base(lease: Lease, exc: BaseException) -> _Outcome:
+    name = type(exc).__name__
+    log.warning("task %s ended by %s", lease.id, name)
+    text = str(exc)
+    return _Outcome("failed", error=_clip(f"{name}: {text}" if text else name))
 
 
 def _outcome_of_value(value: object) -> _Outcome:
@@ -206,9 +237,21 @@ class _Base:
         for lease in by_id.values():
             self._lost(lease, "unanswered", "the service neither released it nor said why")
 
+    def _gave_up(self, running: _Running, exc: TaskqError) -> bool:
+        """Whether a release that failed for now is no longer worth resending
+        (then the lease is counted lost)."""
+        if running.lost:
+            self._lost(running.lease, "lost", f"a heartbeat found it lost; the release: {exc}")
+            return True
+        if self._hurry:
+            self._lost(running.lease, "release_failed", f"given up at shutdown: {exc}")
+            return True
+        return False
+
     def _capture_failed(self, exc: TaskqError) -> None:
-        if not isinstance(exc, Unavailable | RateLimited):
+        if isinstance(exc, _FATAL_CAPTURE) or exc.status in _FATAL_STATUSES:
             # The namespace is unknown, the token refused: retrying will not help.
+            # Anything else (a 500, a 408, an answer that never came) may pass.
             raise exc
         log.warning("capture failed: %s", exc)
         self._emit("error", None)
@@ -224,6 +267,12 @@ class _Running:
         self.finishing = False
         self.lost = False
         self.abandoned = False
+
+    @property
+    def beating(self) -> bool:
+        # A finishing lease is still extended: its release may take retries,
+        # and the lease must not expire under it meanwhile.
+        return not (self.lost or self.abandoned)
 
 
 class _Interrupted(BaseException):
@@ -268,6 +317,10 @@ class Worker(_Base):
         self._lock = threading.Lock()
         self._running: dict[str, _Running] = {}
         self._changed = threading.Event()
+        # Set once and never cleared, so that pauses waiting on them cannot
+        # spin; `_changed` is set by every handler that ends.
+        self._stop_event = threading.Event()
+        self._hurry_event = threading.Event()
         self._beat_wake = threading.Event()
         self._capturing = False
         self._beats_done = False
@@ -275,6 +328,9 @@ class Worker(_Base):
     def stop(self) -> None:
         """Stop capturing and shut down as on SIGTERM (returns at once)."""
         self._request_stop()
+        self._stop_event.set()
+        if self._hurry:
+            self._hurry_event.set()
         self._changed.set()
 
     def run(self) -> None:
@@ -340,7 +396,8 @@ class Worker(_Base):
             except TaskqError as exc:
                 self._capture_failed(exc)
                 hint = getattr(exc, "retry_after", None)
-                self._pause(self.client.retry_policy.delay(failures, hint))
+                pause = self.client.retry_policy.delay(failures, hint)
+                self._pause(pause, self._stop_event, lambda: self._stopping)
                 failures += 1
                 continue
             failures = 0
@@ -355,10 +412,14 @@ class Worker(_Base):
         finally:
             self._capturing = False
 
-    def _pause(self, seconds: float) -> None:
+    def _pause(self, seconds: float, event: threading.Event, done: Callable[[], bool]) -> None:
+        # Polled as well as waited on: a signal handler sets only the flags.
         until = time.monotonic() + seconds
-        while not self._stopping and time.monotonic() < until:
-            self._changed.wait(min(POLL_SECONDS, max(0.0, until - time.monotonic())))
+        while not done():
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            event.wait(min(POLL_SECONDS, left))
 
     def _dispatch(self, leases: list[Lease]) -> None:
         late: list[Lease] = []
@@ -382,25 +443,34 @@ class Worker(_Base):
 
     def _run_one(self, running: _Running) -> None:
         lease = running.lease
+        escaped: BaseException | None = None
         try:
             try:
                 outcome = _outcome_of_value(self.handler(lease))
             except Exception as exc:
                 outcome = _outcome_of_error(lease, exc)
+            except BaseException as exc:
+                # SystemExit and the like end the thread, but the lease must
+                # not wait out its timeout for that.
+                outcome = _outcome_of_base(lease, exc)
+                escaped = exc
             with self._lock:
                 running.finishing = True
                 skip = running.lost or running.abandoned
             if not skip:
-                self._finish(lease, outcome)
+                self._finish(running, outcome)
         finally:
             with self._lock:
                 if self._running.get(lease.id) is running:
                     del self._running[lease.id]
             self._changed.set()
+        if escaped is not None:
+            raise escaped
 
-    def _finish(self, lease: Lease, outcome: _Outcome) -> None:
+    def _finish(self, running: _Running, outcome: _Outcome) -> None:
+        lease = running.lease
         try:
-            result = self._release(lease, outcome)
+            result = self._settle(running, outcome)
         except Exception as exc:
             instead = _refused_result(outcome, exc)
             if instead is None:
@@ -408,11 +478,33 @@ class Worker(_Base):
                 return
             outcome = instead
             try:
-                result = self._release(lease, outcome)
+                result = self._settle(running, outcome)
             except Exception as again:
                 self._lost(lease, "release_failed", str(again))
                 return
-        self._account([lease], outcome.status, result)
+        if result is not None:
+            self._account([lease], outcome.status, result)
+
+    def _settle(self, running: _Running, outcome: _Outcome) -> ReleaseResult | None:
+        """The release's answer, sent again for as long as the service is
+        unavailable and the lease held (the heartbeats go on meanwhile);
+        None when given up."""
+        failures = 0
+        while True:
+            try:
+                return self._release(running.lease, outcome)
+            except _TRANSIENT_RELEASE as exc:
+                if self._gave_up(running, exc):
+                    return None
+                pause = self.client.retry_policy.delay(failures, exc.retry_after)
+                failures += 1
+                log.warning(
+                    "release of task %s failed, sent again in %.2fs: %s",
+                    running.lease.id,
+                    pause,
+                    exc,
+                )
+                self._pause(pause, self._hurry_event, lambda: self._hurry or running.lost)
 
     def _release(self, lease: Lease, outcome: _Outcome) -> ReleaseResult:
         return self.client.release(
@@ -442,6 +534,9 @@ class Worker(_Base):
                     break
             self._changed.wait(POLL_SECONDS)
             self._changed.clear()
+        # Past the grace: releases still being resent give up at their next failure.
+        self._hurry = True
+        self._hurry_event.set()
         with self._lock:
             overdue = [r for r in self._running.values() if not r.finishing]
             for running in overdue:
@@ -451,8 +546,8 @@ class Worker(_Base):
         if held:
             log.warning("%d handler(s) still running after the grace period", len(held))
             self._hand_back(held)
-        # Releases already under way: let them answer (each is bounded by the
-        # client's timeout and retries).
+        # Releases already under way: let them answer (each sending is bounded
+        # by the client's timeout and retries, and none is sent again now).
         while True:
             with self._lock:
                 if not self._running:
@@ -463,9 +558,7 @@ class Worker(_Base):
     def _heartbeats(self) -> None:
         while True:
             with self._lock:
-                live = [
-                    r for r in self._running.values() if not (r.finishing or r.lost or r.abandoned)
-                ]
+                live = [r for r in self._running.values() if r.beating]
             if self._beats_done:
                 return
             now = time.monotonic()
@@ -481,8 +574,10 @@ class Worker(_Base):
         now = time.monotonic()
         try:
             result = self.client.extend([r.lease for r in due])
-        except TaskqError as exc:
-            log.warning("heartbeat failed: %s", exc)
+        except Exception as exc:
+            # Whatever it was, a heartbeat thread that died would let every
+            # lease expire under its handler.
+            log.warning("heartbeat failed: %s", exc, exc_info=not isinstance(exc, TaskqError))
             for running in due:
                 # Soon again, while the lease still runs.
                 running.next_beat = now + min(running.interval / 2, 1.0)
@@ -495,10 +590,14 @@ class Worker(_Base):
             if found is None:
                 continue
             with self._lock:
-                if found.finishing or found.abandoned:
+                if found.lost or found.abandoned:
                     continue
                 found.lost = True
-            self._lost(found.lease, problem.code, problem.detail)
+                # A release under way counts the lease itself, once answered
+                # or given up (its answer may yet be a success).
+                counted = not found.finishing
+            if counted:
+                self._lost(found.lease, problem.code, problem.detail)
 
 
 class AsyncWorker(_Base):
@@ -537,11 +636,19 @@ class AsyncWorker(_Base):
         self.handler = handler
         self._running: dict[str, tuple[_Running, asyncio.Task[None]]] = {}
         self._changed: asyncio.Event | None = None
+        # Set once, never cleared: a pause on them is not cut short by every
+        # handler that ends, as one on `_changed` is.
+        self._stop_event: asyncio.Event | None = None
+        self._hurry_event: asyncio.Event | None = None
         self._hand_backs: list[asyncio.Task[None]] = []
 
     def stop(self) -> None:
         """Stop capturing and shut down as on SIGTERM."""
         self._request_stop()
+        if self._stop_event is not None:
+            self._stop_event.set()
+        if self._hurry and self._hurry_event is not None:
+            self._hurry_event.set()
         if self._changed is not None:
             self._changed.set()
 
@@ -549,6 +656,8 @@ class AsyncWorker(_Base):
         """Work until stopped; return once every lease is finished or handed back."""
         self._claim_run()
         self._changed = asyncio.Event()
+        self._stop_event = asyncio.Event()
+        self._hurry_event = asyncio.Event()
         loop = asyncio.get_running_loop()
         signals = self._install_signals(loop)
         beats = asyncio.create_task(self._heartbeats())
@@ -562,22 +671,26 @@ class AsyncWorker(_Base):
             finally:
                 beats.cancel()
                 await asyncio.wait([beats])
-                for sig in signals:
+                for sig, previous in signals.items():
                     loop.remove_signal_handler(sig)
+                    # The loop puts back the default handler, not the one it replaced.
+                    signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
                 self._emit("stopped", None)
 
-    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> dict[int, Any]:
+        """The signals handled, each with the handler it had before."""
         if not self.install_signal_handlers:
-            return []
+            return {}
         if threading.current_thread() is not threading.main_thread():
-            return []
-        installed: list[int] = []
+            return {}
+        installed: dict[int, Any] = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(sig)
             try:
                 loop.add_signal_handler(sig, self.stop)
             except (NotImplementedError, RuntimeError):
                 continue
-            installed.append(sig)
+            installed[sig] = previous
         return installed
 
     async def _wait_changed(self, timeout: float) -> None:
@@ -585,6 +698,17 @@ class AsyncWorker(_Base):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout)
         self._changed.clear()
+
+    async def _pause(self, seconds: float, event: asyncio.Event, done: Callable[[], bool]) -> None:
+        # Polled as well: `done` may turn true with no event set (a lease
+        # found lost by a heartbeat).
+        until = time.monotonic() + seconds
+        while not done():
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), min(POLL_SECONDS, left))
 
     async def _loop(self) -> None:
         failures = 0
@@ -599,8 +723,8 @@ class AsyncWorker(_Base):
                 self._capture_failed(exc)
                 pause = self.client.retry_policy.delay(failures, getattr(exc, "retry_after", None))
                 failures += 1
-                if not self._stopping:
-                    await self._wait_changed(pause)
+                assert self._stop_event is not None
+                await self._pause(pause, self._stop_event, lambda: self._stopping)
                 continue
             failures = 0
             self._dispatch(leases)
@@ -647,6 +771,7 @@ class AsyncWorker(_Base):
 
     async def _run_one(self, running: _Running) -> None:
         lease = running.lease
+        escaped: BaseException | None = None
         try:
             try:
                 pending: object = self.handler(lease)
@@ -654,19 +779,40 @@ class AsyncWorker(_Base):
                 outcome = _outcome_of_value(value)
             except Exception as exc:
                 outcome = _outcome_of_error(lease, exc)
+            except asyncio.CancelledError as exc:
+                if running.abandoned:
+                    raise  # cut by the drain, which hands the lease back
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # Cancelled from outside (the loop shutting down): the
+                    # lease goes back untouched, and the cancellation on.
+                    running.finishing = True
+                    if not running.lost:
+                        await self._hand_back([lease])
+                    raise
+                # The handler's own (an await inside it was cancelled): its failure.
+                outcome = _outcome_of_base(lease, exc)
+            except BaseException as exc:
+                # KeyboardInterrupt, SystemExit: the loop ends, but the lease
+                # need not wait out its timeout for that.
+                outcome = _outcome_of_base(lease, exc)
+                escaped = exc
             running.finishing = True
             if not (running.lost or running.abandoned):
-                await self._finish(lease, outcome)
+                await self._finish(running, outcome)
         finally:
             entry = self._running.get(lease.id)
             if entry is not None and entry[0] is running:
                 del self._running[lease.id]
             if self._changed is not None:
                 self._changed.set()
+        if escaped is not None:
+            raise escaped
 
-    async def _finish(self, lease: Lease, outcome: _Outcome) -> None:
+    async def _finish(self, running: _Running, outcome: _Outcome) -> None:
+        lease = running.lease
         try:
-            result = await self._release(lease, outcome)
+            result = await self._settle(running, outcome)
         except Exception as exc:
             instead = _refused_result(outcome, exc)
             if instead is None:
@@ -674,11 +820,32 @@ class AsyncWorker(_Base):
                 return
             outcome = instead
             try:
-                result = await self._release(lease, outcome)
+                result = await self._settle(running, outcome)
             except Exception as again:
                 self._lost(lease, "release_failed", str(again))
                 return
-        self._account([lease], outcome.status, result)
+        if result is not None:
+            self._account([lease], outcome.status, result)
+
+    async def _settle(self, running: _Running, outcome: _Outcome) -> ReleaseResult | None:
+        """As `Worker._settle`."""
+        assert self._hurry_event is not None
+        failures = 0
+        while True:
+            try:
+                return await self._release(running.lease, outcome)
+            except _TRANSIENT_RELEASE as exc:
+                if self._gave_up(running, exc):
+                    return None
+                pause = self.client.retry_policy.delay(failures, exc.retry_after)
+                failures += 1
+                log.warning(
+                    "release of task %s failed, sent again in %.2fs: %s",
+                    running.lease.id,
+                    pause,
+                    exc,
+                )
+                await self._pause(pause, self._hurry_event, lambda: self._hurry or running.lost)
 
     async def _release(self, lease: Lease, outcome: _Outcome) -> ReleaseResult:
         return await self.client.release(
@@ -705,6 +872,10 @@ class AsyncWorker(_Base):
             if left <= 0:
                 break
             await self._wait_changed(min(left, 1.0))
+        # Past the grace: releases still being resent give up at their next failure.
+        self._hurry = True
+        if self._hurry_event is not None:
+            self._hurry_event.set()
         overdue = [
             (running, task) for running, task in self._running.values() if not running.finishing
         ]
@@ -724,11 +895,7 @@ class AsyncWorker(_Base):
 
     async def _heartbeats(self) -> None:
         while True:
-            live = [
-                running
-                for running, _ in self._running.values()
-                if not (running.finishing or running.lost or running.abandoned)
-            ]
+            live = [running for running, _ in self._running.values() if running.beating]
             now = time.monotonic()
             due = [r for r in live if r.next_beat <= now]
             if due:
@@ -741,8 +908,9 @@ class AsyncWorker(_Base):
         now = time.monotonic()
         try:
             result = await self.client.extend([r.lease for r in due])
-        except TaskqError as exc:
-            log.warning("heartbeat failed: %s", exc)
+        except Exception as exc:
+            # As in Worker: the heartbeats must outlive any one failure.
+            log.warning("heartbeat failed: %s", exc, exc_info=not isinstance(exc, TaskqError))
             for running in due:
                 running.next_beat = now + min(running.interval / 2, 1.0)
             return
@@ -751,7 +919,9 @@ class AsyncWorker(_Base):
         by_id = {r.lease.id: r for r in due}
         for problem in result.errors:
             found = by_id.get(problem.id)
-            if found is None or found.finishing or found.abandoned:
+            if found is None or found.lost or found.abandoned:
                 continue
             found.lost = True
-            self._lost(found.lease, problem.code, problem.detail)
+            # A release under way counts the lease itself (see Worker._beat).
+            if not found.finishing:
+                self._lost(found.lease, problem.code, problem.detail)

@@ -46,14 +46,19 @@ TASK = {
 }
 
 
-def lease(task_id: str = "t1", payload: Any = None, attempt: int = 1) -> Lease:
+def lease(
+    task_id: str = "t1",
+    payload: Any = None,
+    attempt: int = 1,
+    token: str = "6f1c0000-0000-0000-0000-000000000000",
+) -> Lease:
     raw = {
         **TASK,
         "id": task_id,
         "status": "in_progress",
         "attempt": attempt,
         "payload": payload,
-        "lease_token": "6f1c0000-0000-0000-0000-000000000000",
+        "lease_token": token,
     }
     return Lease.from_json(raw)
 
@@ -643,18 +648,73 @@ def test_a_lost_lease_ends_its_command_at_once(tmp_path) -> None:
     handler = handler_for(f"touch {tmp_path}/up; sleep 30", hold=30)
     thread, outcome = run_in_thread(lambda: handler(lease("t1")))
     wait_until(lambda: (tmp_path / "up").exists())
-    handler.lost("t2")  # another task's lease: nothing to end here
-    handler.lost("t1")
+    handler.lost(lease("t2"))  # another task's lease: nothing to end here
+    handler.lost(lease("t1", token="old"))  # an earlier lease of the same task
+    time.sleep(0.2)
+    assert thread.is_alive()
+    handler.lost(lease("t1"))
     thread.join(5)
     assert isinstance(outcome[0], command.CommandStopped)
+    # Nothing kept of the run: told again later (a refused release), no trace either.
+    handler.lost(lease("t1"))
+    assert (handler._lost, handler._active, handler.runner._signalled) == (set(), set(), set())
+
+
+def test_a_terminated_command_is_not_remembered_after_its_run(tmp_path) -> None:
+    runner = command.CommandRunner(["sh", "-c", f"touch {tmp_path}/up; sleep 30"])
+    thread, outcome = run_in_thread(lambda: runner.run(lease()))
+    wait_until(lambda: (tmp_path / "up").exists())
+    runner.stop_for(lease())
+    thread.join(5)
+    assert outcome[0].terminated
+    assert runner._signalled == set()
+
+
+def test_sigkill_reaches_the_group_when_its_leader_is_gone(tmp_path) -> None:
+    # The shell dies of SIGTERM; the loop it started ignores it.
+    script = f"(trap '' TERM; while :; do sleep 0.05; done) & echo $! > {tmp_path}/pid; wait"
+    runner = command.CommandRunner(["sh", "-c", script], kill_after=0.2)
+    thread, outcome = run_in_thread(lambda: runner.run(lease()))
+    wait_until(lambda: (tmp_path / "pid").exists() and (tmp_path / "pid").read_text())
+    looper = int((tmp_path / "pid").read_text())
+    assert runner.stop()
+    thread.join(5)
+    assert outcome[0].returncode == -signal.SIGTERM
+    # stop() returned once the group was gone, not merely its leader.
+    assert not _alive(looper)
+
+
+def test_output_with_nan_is_text_not_a_result() -> None:
+    assert handler_for("echo NaN")(lease()) == "NaN"
+    assert handler_for("echo '{\"x\": Infinity}'")(lease()) == '{"x": Infinity}'
+
+
+def test_an_unstartable_command_holds_its_task_and_says_why(tmp_path) -> None:
+    script = tmp_path / "no-shebang"
+    script.write_text("echo hi\n")
+    script.chmod(0o755)
+    told: list[str] = []
+    handler = command.TaskHandler(
+        command.CommandRunner([str(script)]), hold=10, on_unstartable=told.append
+    )
+    thread, outcome = run_in_thread(lambda: handler(lease()))
+    wait_until(lambda: bool(told))
+    # No failed release (a retry gone): the worker is to hand the task back.
+    assert thread.is_alive()
+    handler.stopped.set()
+    thread.join(5)
+    assert isinstance(outcome[0], command.CommandStopped)
+    assert "cannot run" in told[0] and "#!" in told[0]
+    assert handler.unstartable == told[0]
 
 
 def _alive(pid: int) -> bool:
+    # A zombie (an init that does not reap) runs no more.
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
         return False
-    return True
 
 
 def test_work_runs_the_command_releases_and_stops_on_sigterm(serve, capsys, monkeypatch) -> None:
@@ -701,6 +761,85 @@ def test_work_runs_the_command_releases_and_stops_on_sigterm(serve, capsys, monk
     shown = terminal.getvalue()
     assert "\rns: captured 1  done 1  failed 0  handed back 0  lost 0  running 0\x1b[K\n" in shown
     assert shown.endswith("\n")
+
+
+def _work_server(released: list[Any], on_release: Callable[[], None] = lambda: None):
+    leased = [{**TASK, "status": "in_progress", "attempt": 1, "lease_token": "k1"}]
+
+    def server(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/task/capture":
+            time.sleep(0.02)
+            answer, leased[:] = list(leased), []
+            return httpx.Response(200, json={"list": answer})
+        if request.url.path == "/v1/task/extend":
+            return httpx.Response(200, json={"list": leased, "errors": []})
+        body = json.loads(request.content)
+        on_release()
+        released.append(body)
+        return httpx.Response(200, json={"list": [{**TASK, "status": body["status"]}]})
+
+    return server
+
+
+@pytest.mark.parametrize("signals", [1, 2])
+def test_a_task_is_handed_back_only_once_its_command_is_gone(
+    serve, capsys, tmp_path, signals
+) -> None:
+    # The command takes a while to end on SIGTERM, and leaves a child that
+    # ignores it: the task must not be back on the server before both are gone.
+    script = (
+        f"(trap '' TERM; while :; do sleep 0.05; done) & echo $! > {tmp_path}/child; "
+        f"trap 'sleep 0.3; touch {tmp_path}/ended; exit 1' TERM; touch {tmp_path}/up; "
+        "while :; do sleep 0.05; done"
+    )
+    seen: list[tuple[bool, bool]] = []
+    released: list[Any] = []
+
+    def on_release() -> None:
+        child = int((tmp_path / "child").read_text())
+        seen.append(((tmp_path / "ended").exists(), _alive(child)))
+
+    serve(_work_server(released, on_release))
+
+    def stop() -> None:
+        wait_until(lambda: (tmp_path / "up").exists())
+        for _ in range(signals):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+
+    threading.Thread(target=stop, daemon=True).start()
+    argv = ["work", "ns", "--wait", "0", "--grace", "0.3" if signals == 1 else "30"]
+    code = cli.main([*argv, "--kill-after", "0.5", "--", "sh", "-c", script])
+    assert code == 0
+    assert released == [{"status": "idle", "leases": [{"id": "t1", "lease_token": "k1"}]}]
+    assert seen == [(True, False)]
+
+
+def test_an_unstartable_command_stops_the_worker_and_exits_2(serve, capsys, tmp_path) -> None:
+    script = tmp_path / "no-shebang"
+    script.write_text("echo hi\n")
+    script.chmod(0o755)
+    released: list[Any] = []
+    serve(_work_server(released))
+    # Without the fix the worker would go on; stopped all the same.
+    backstop = threading.Timer(10, os.kill, (os.getpid(), signal.SIGTERM))
+    backstop.start()
+    try:
+        code, _, err = run(capsys, "work", "ns", "--wait", "0", "--", str(script))
+    finally:
+        backstop.cancel()
+    assert code == 2
+    # Handed back, not failed: the task is not to blame.
+    assert released == [{"status": "idle", "leases": [{"id": "t1", "lease_token": "k1"}]}]
+    assert f"cannot run '{script}'" in err
+
+
+def test_work_help_says_what_the_commands_inherit(capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["work", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "TASKQ_URL and TASKQ_TOKEN included" in out
+    assert "COMMAND could not be started" in out
 
 
 def test_a_batch_from_a_file_shows_its_progress_on_a_terminal(serve, capsys, tmp_path, monkeypatch):

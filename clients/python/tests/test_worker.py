@@ -3,6 +3,7 @@ leases and shutdown. The fake hands out leases queued by the test, and
 answers release and extend as the server would."""
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -16,12 +17,14 @@ from taskq_client import (
     UNSET,
     AsyncWorker,
     ExtendResult,
+    Forbidden,
     Lease,
     LeaseError,
     NotFound,
     ReleaseResult,
     Retry,
     Task,
+    TaskqError,
     Unavailable,
     Worker,
 )
@@ -46,6 +49,12 @@ def lease(task_id: str, timeout: int = 60) -> Lease:
     )
 
 
+def quick_lease(task_id: str) -> Lease:
+    """A lease beaten every 0.1 s (a third of its timeout), for tests that
+    need several heartbeats."""
+    return dataclasses.replace(lease(task_id, timeout=1), timeout=0.3)  # type: ignore[arg-type]
+
+
 LIVE_FAKES: list["FakeClient"] = []
 
 
@@ -66,6 +75,9 @@ class FakeClient:
         self.refuse_extend: dict[str, str] = {}
         self.on_capture: Any = None
         self.on_extend: Any = None
+        # Called with each release's ids before it is answered; may raise.
+        self.on_release: Any = None
+        self.release_attempts = 0
         self.released = threading.Event()
         # Set by finish(): a long poll ends at once, as a server's would when
         # the worker's own signal cut it short, so tests do not sit it out.
@@ -105,6 +117,9 @@ class FakeClient:
         retry_after: float | None = None,
     ) -> ReleaseResult:
         chosen = [leases] if isinstance(leases, Lease) else list(leases)
+        self.release_attempts += 1
+        if self.on_release is not None:
+            self.on_release([item.id for item in chosen])
         if result is not UNSET:
             json.dumps(result, allow_nan=False)
         call = {
@@ -478,6 +493,9 @@ class FakeAsyncClient:
         self.retry_policy = self.sync.retry_policy
         self.more = asyncio.Event()
         self.cancelled_captures = 0
+        # Capture number (1 for the first) -> the error it raises.
+        self.capture_fails: dict[int, Exception] = {}
+        self.capture_times: list[float] = []
 
     def add(self, *leases: Lease) -> None:
         self.sync.queue += leases
@@ -485,6 +503,10 @@ class FakeAsyncClient:
 
     async def capture(self, namespace_id: str, *, limit: int = 1, wait: int = 0) -> list[Lease]:
         self.sync.captures.append((limit, wait))
+        self.capture_times.append(time.monotonic())
+        error = self.capture_fails.pop(len(self.sync.captures), None)
+        if error is not None:
+            raise error
         try:
             while not self.sync.queue:
                 self.more.clear()
@@ -586,3 +608,296 @@ def test_the_async_worker_hands_back_what_overruns_its_grace():
     assert [c["status"] for c in fake.sync.releases_of("stuck")] == ["idle"]
     assert cancelled == ["stuck"]
     assert (worker.stats.done, worker.stats.handed_back) == (1, 1)
+
+
+def down(ids: list[str]) -> None:
+    raise Unavailable("down", status=503, code="database_unavailable")
+
+
+def test_a_release_the_service_cannot_take_yet_is_resent_while_heartbeats_go_on():
+    fake = FakeClient()
+
+    def on_release(ids: list[str]) -> None:
+        # Down until the lease has been extended twice after its handler ended.
+        if len(fake.extends) < 2:
+            down(ids)
+
+    fake.on_release = on_release
+    worker = Worker(fake, "ns", lambda task: "kept", wait=1, install_signal_handlers=False)  # type: ignore[arg-type]
+    fake.add(quick_lease("t1"))
+    thread = start(worker)
+    until(lambda: worker.stats.done == 1, timeout=3)
+    finish(worker, thread)
+    assert fake.release_attempts > 1
+    (call,) = fake.releases
+    assert (call["status"], call["result"]) == ("done", "kept")
+    assert worker.stats.lost == 0
+
+
+def test_a_release_being_resent_stops_once_a_heartbeat_finds_the_lease_lost():
+    fake = FakeClient()
+    fake.on_release = down
+    fake.refuse_extend["t1"] = "stale_lease"
+    worker = Worker(fake, "ns", lambda task: "late", wait=1, install_signal_handlers=False)  # type: ignore[arg-type]
+    fake.add(quick_lease("t1"))
+    thread = start(worker)
+    until(lambda: worker.stats.lost == 1, timeout=3)
+    attempts = fake.release_attempts
+    time.sleep(0.15)
+    assert fake.release_attempts == attempts
+    finish(worker, thread)
+    assert (worker.stats.done, worker.stats.lost) == (0, 1)
+
+
+def test_a_release_being_resent_is_given_up_past_the_grace():
+    fake = FakeClient()
+    fake.on_release = down
+    worker = Worker(
+        fake,  # type: ignore[arg-type]
+        "ns",
+        lambda task: "ok",
+        wait=1,
+        grace=0.2,
+        install_signal_handlers=False,
+    )
+    fake.add(lease("t1"))
+    thread = start(worker)
+    until(lambda: fake.release_attempts >= 2)
+    finish(worker, thread)
+    assert (worker.stats.done, worker.stats.lost) == (0, 1)
+
+
+def test_the_async_worker_resends_a_release_while_heartbeats_go_on():
+    async def scenario() -> tuple[FakeAsyncClient, AsyncWorker]:
+        fake = FakeAsyncClient()
+
+        def on_release(ids: list[str]) -> None:
+            if len(fake.sync.extends) < 2:
+                down(ids)
+
+        fake.sync.on_release = on_release
+
+        async def handler(task: Lease) -> str:
+            return "kept"
+
+        worker = AsyncWorker(fake, "ns", handler, wait=1, install_signal_handlers=False)  # type: ignore[arg-type]
+        fake.add(quick_lease("t1"))
+        running = asyncio.create_task(worker.run())
+        await until_async(lambda: worker.stats.done == 1)
+        worker.stop()
+        await asyncio.wait_for(running, TIMEOUT)
+        return fake, worker
+
+    fake, worker = asyncio.run(scenario())
+    assert fake.sync.release_attempts > 1
+    (call,) = fake.sync.releases
+    assert (call["status"], call["result"]) == ("done", "kept")
+    assert worker.stats.lost == 0
+
+
+def test_capture_errors_other_than_the_callers_fault_are_ridden_out():
+    fake = FakeClient()
+    fake.capture_errors = [
+        TaskqError("internal error", status=500),
+        TaskqError("no answer"),
+        TaskqError("request timeout", status=408),
+    ]
+    events: list[str] = []
+    worker = Worker(
+        fake,  # type: ignore[arg-type]
+        "ns",
+        lambda task: "ok",
+        wait=1,
+        install_signal_handlers=False,
+        on_event=lambda kind, item: events.append(kind),
+    )
+    fake.add(lease("t1"))
+    thread = start(worker)
+    until(lambda: worker.stats.done == 1)
+    finish(worker, thread)
+    assert events.count("error") == 3
+
+
+def test_a_refused_token_at_capture_ends_the_run():
+    fake = FakeClient()
+    fake.capture_errors = [Forbidden("not a worker token", status=403)]
+    worker = Worker(fake, "ns", lambda task: None, install_signal_handlers=False)  # type: ignore[arg-type]
+    with pytest.raises(Forbidden):
+        worker.run()
+
+
+def test_the_backoff_does_not_overflow_after_many_failures():
+    policy = RetryPolicy(backoff=0.5, max_backoff=30.0)
+    assert 0 <= policy.delay(1100) <= 30.0
+    assert policy.delay(5000, retry_after=100.0) == 30.0
+
+
+def test_the_capture_backoff_waits_without_spinning_after_a_handler_ended():
+    fake = FakeClient()
+    fake.retry_policy = RetryPolicy(backoff=0.01, max_backoff=0.3)
+    marks: list[tuple[float, float]] = []
+
+    def on_capture() -> None:
+        if len(fake.captures) == 2:
+            # A handler has ended (and said so) before this capture fails.
+            until(lambda: worker.stats.done == 1)
+            time.sleep(0.02)
+            fake.capture_errors.append(Unavailable("busy", status=503, retry_after=0.3))
+        marks.append((time.monotonic(), time.process_time()))
+
+    fake.on_capture = on_capture
+    worker = Worker(fake, "ns", lambda task: "ok", wait=1, install_signal_handlers=False)  # type: ignore[arg-type]
+    fake.add(lease("t1"))
+    thread = start(worker)
+    until(lambda: len(marks) == 3)
+    finish(worker, thread)
+    (wall_1, cpu_1), (wall_2, cpu_2) = marks[1], marks[2]
+    assert wall_2 - wall_1 >= 0.25
+    assert cpu_2 - cpu_1 < 0.15
+
+
+def test_the_async_capture_backoff_is_not_cut_short_by_a_handler_ending():
+    async def scenario() -> FakeAsyncClient:
+        fake = FakeAsyncClient()
+        fake.retry_policy = RetryPolicy(backoff=0.01, max_backoff=0.3)
+        fake.capture_fails[2] = Unavailable("busy", status=503, retry_after=0.3)
+
+        async def handler(task: Lease) -> str:
+            await asyncio.sleep(0.05)
+            return "ok"
+
+        worker = AsyncWorker(
+            fake,  # type: ignore[arg-type]
+            "ns",
+            handler,
+            concurrency=2,
+            wait=1,
+            install_signal_handlers=False,
+        )
+        fake.add(lease("t1"))
+        running = asyncio.create_task(worker.run())
+        await until_async(lambda: len(fake.capture_times) == 3)
+        assert worker.stats.done == 1
+        worker.stop()
+        await asyncio.wait_for(running, TIMEOUT)
+        return fake
+
+    fake = asyncio.run(scenario())
+    assert fake.capture_times[2] - fake.capture_times[1] >= 0.25
+
+
+def test_heartbeats_go_on_after_an_unexpected_error():
+    fake = FakeClient()
+
+    def on_extend(ids: list[str]) -> None:
+        if len(fake.extends) == 1:
+            raise RuntimeError("not a TaskqError")
+
+    fake.on_extend = on_extend
+
+    def handler(task: Lease) -> str:
+        until(lambda: len(fake.extends) >= 3, timeout=2)
+        return "ok"
+
+    worker = Worker(fake, "ns", handler, wait=1, install_signal_handlers=False)  # type: ignore[arg-type]
+    fake.add(quick_lease("t1"))
+    thread = start(worker)
+    until(lambda: worker.stats.done + worker.stats.failed == 1)
+    finish(worker, thread)
+    assert worker.stats.done == 1
+
+
+def test_async_heartbeats_go_on_after_an_unexpected_error():
+    async def scenario() -> AsyncWorker:
+        fake = FakeAsyncClient()
+
+        def on_extend(ids: list[str]) -> None:
+            if len(fake.sync.extends) == 1:
+                raise RuntimeError("not a TaskqError")
+
+        fake.sync.on_extend = on_extend
+
+        async def handler(task: Lease) -> str:
+            deadline = time.monotonic() + 2
+            while len(fake.sync.extends) < 3:
+                assert time.monotonic() < deadline, "heartbeats stopped"
+                await asyncio.sleep(0.01)
+            return "ok"
+
+        worker = AsyncWorker(fake, "ns", handler, wait=1, install_signal_handlers=False)  # type: ignore[arg-type]
+        fake.add(quick_lease("t1"))
+        running = asyncio.create_task(worker.run())
+        await until_async(lambda: worker.stats.done + worker.stats.failed == 1)
+        worker.stop()
+        await asyncio.wait_for(running, TIMEOUT)
+        return worker
+
+    assert asyncio.run(scenario()).stats.done == 1
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_handler_raising_system_exit_still_releases_its_lease():
+    fake = FakeClient()
+
+    def handler(task: Lease) -> None:
+        raise SystemExit(3)
+
+    worker = Worker(fake, "ns", handler, wait=1, install_signal_handlers=False)  # type: ignore[arg-type]
+    fake.add(lease("t1"))
+    thread = start(worker)
+    until(lambda: worker.stats.failed == 1)
+    finish(worker, thread)
+    # The handler's thread ends by its SystemExit, raised on once released.
+    for other in threading.enumerate():
+        if other.name == "taskq-task-t1":
+            other.join(TIMEOUT)
+    (call,) = fake.releases
+    assert (call["status"], call["error"]) == ("failed", "SystemExit: 3")
+
+
+def test_an_async_handler_raising_cancelled_error_itself_fails_its_lease():
+    async def scenario() -> tuple[FakeAsyncClient, AsyncWorker]:
+        fake = FakeAsyncClient()
+
+        async def handler(task: Lease) -> None:
+            raise asyncio.CancelledError()
+
+        worker = AsyncWorker(fake, "ns", handler, wait=1, install_signal_handlers=False)  # type: ignore[arg-type]
+        fake.add(lease("t1"))
+        running = asyncio.create_task(worker.run())
+        await until_async(lambda: worker.stats.failed == 1)
+        worker.stop()
+        await asyncio.wait_for(running, TIMEOUT)
+        return fake, worker
+
+    fake, worker = asyncio.run(scenario())
+    (call,) = fake.sync.releases
+    assert (call["status"], call["error"]) == ("failed", "CancelledError")
+    assert worker.stats.lost == 0
+
+
+def test_the_async_worker_restores_the_signal_handlers_it_replaced():
+    def mine(signum: int, frame: Any) -> None:
+        pass
+
+    original = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, mine)
+    try:
+
+        async def scenario() -> None:
+            fake = FakeAsyncClient()
+
+            async def handler(task: Lease) -> None:
+                return None
+
+            worker = AsyncWorker(fake, "ns", handler, wait=1)  # type: ignore[arg-type]
+            running = asyncio.create_task(worker.run())
+            await until_async(lambda: len(fake.sync.captures) == 1)
+            assert signal.getsignal(signal.SIGTERM) is not mine
+            worker.stop()
+            await asyncio.wait_for(running, TIMEOUT)
+
+        asyncio.run(scenario())
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, original)
