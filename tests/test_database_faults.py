@@ -14,9 +14,11 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from django.db import connections, transaction
+from taskq_client import Client
 
 from taskq_project.api import exception_handler
 from taskq_project.db_errors import CONFLICT, transient
@@ -258,3 +260,51 @@ def test_a_programming_error_is_not_transient():
     with pytest.raises(ProgrammingError) as raised, connection.cursor() as cursor:
         cursor.execute("SELECT no_such_column FROM tasks_app_task")
     assert transient(raised.value) is None
+
+
+class Recording(httpx.HTTPTransport):
+    """httpx's transport, keeping the status of every answer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.statuses: list[int] = []
+        self.unavailable = threading.Event()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        self.statuses.append(response.status_code)
+        if response.status_code == 503:
+            self.unavailable.set()
+        return response
+
+
+def test_the_python_client_rides_out_a_postgresql_restart(stack):
+    recording = Recording()
+    # Short waits, so the test does not sit out the server's Retry-After of 5 s.
+    client = Client(
+        f"http://127.0.0.1:{stack.port}",
+        stack.token,
+        transport=recording,
+        max_retries=50,
+        backoff=0.2,
+        max_backoff=0.5,
+    )
+    with client:
+        client.create_namespace("restart")
+        client.register_task("restart", "job")
+        stack.cluster.stop("fast")
+        answers: list[object] = []
+        calls = threading.Thread(target=lambda: answers.append(client.capture("restart")))
+        try:
+            calls.start()
+            assert recording.unavailable.wait(20), recording.statuses
+        finally:
+            stack.cluster.start()
+        calls.join(60)
+        assert not calls.is_alive()
+        (leases,) = answers
+        assert [(lease.id, lease.attempt) for lease in leases] == [("job", 1)]  # type: ignore[attr-defined]
+        assert recording.statuses[-1] == 200
+        assert 503 in recording.statuses
+        task = client.get_task("job")
+        assert task is not None and (task.status, task.attempt) == ("in_progress", 1)

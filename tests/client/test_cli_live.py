@@ -4,6 +4,8 @@ Each test runs the installed command as a subprocess, as a shell script
 would, and checks its output, its exit code and the database.
 """
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -13,9 +15,11 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from django.utils import timezone
+from taskq_client import cli
 
 from apikeys_app.services import create_token
 from namespaces_app.models import Namespace
@@ -42,34 +46,36 @@ def env(port: int) -> dict[str, str]:
 
 
 class Taskq:
-    """The `taskq` command, run with the test's server and token."""
+    """The `taskq` command with the test's server and token, run in this
+    process (`cli.main`, as the console script calls it) to spare each call
+    an interpreter's start; `taskq work` runs as its own process below."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
 
     def __call__(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*TASKQ, *args], input=input, env=self.env, capture_output=True, text=True, timeout=60
-        )
+        out, err = io.StringIO(), io.StringIO()
+        given = ["--url", self.env["TASKQ_URL"], "--token", self.env["TASKQ_TOKEN"], *args]
+        with (
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+            mock.patch.object(sys, "stdin", io.StringIO(input or "")),
+        ):
+            try:
+                code = cli.main(given)
+            except SystemExit as exit_:  # argparse's usage errors
+                code = int(exit_.code or 0)
+        return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
     def many(self, *commands: list[str]) -> list[subprocess.CompletedProcess[str]]:
-        """Commands that do not depend on each other, run at once (each
-        start costs the interpreter's)."""
-        started = [
-            subprocess.Popen(
-                [*TASKQ, *args],
-                env=self.env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for args in commands
-        ]
-        done = []
-        for args, process in zip(commands, started, strict=True):
-            stdout, stderr = process.communicate(timeout=60)
-            done.append(subprocess.CompletedProcess(args, process.returncode, stdout, stderr))
-        return done
+        return [self(*args) for args in commands]
+
+
+def test_the_console_script_runs_the_command(env: dict[str, str]) -> None:
+    answer = subprocess.run(
+        [*TASKQ, "--json", "ns", "ls"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert (answer.returncode, json.loads(answer.stdout)) == (0, []), answer.stderr
 
 
 @pytest.fixture

@@ -1,16 +1,11 @@
 """Client and AsyncClient against the real server (gunicorn, PostgreSQL):
-every call as the API answers it, and a PostgreSQL restart ridden out."""
+every call as the API answers it. (A PostgreSQL restart ridden out is in
+tests/test_database_faults.py, on its disposable cluster.)"""
 
 import asyncio
-import os
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-import psycopg
 import pytest
 from taskq_client import (
     AsyncClient,
@@ -28,7 +23,6 @@ from taskq_client import (
 from apikeys_app.services import create_token
 from tasks_app.models import Task
 from tasks_app.services import release_tasks
-from tests.pgcluster import Cluster, free_port, wait_for
 from tests.test_web_server import serve
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -209,98 +203,3 @@ def test_the_async_client_round_trip(url: str, db: None):
     ids, statuses = asyncio.run(scenario())
     assert ids == ["t0", "t1", "t2"]
     assert statuses == "done,done,done"
-
-
-class Recording(httpx.HTTPTransport):
-    """httpx's transport, keeping the status of every answer."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.statuses: list[int] = []
-        self.unavailable = threading.Event()
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        response = super().handle_request(request)
-        self.statuses.append(response.status_code)
-        if response.status_code == 503:
-            self.unavailable.set()
-        return response
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, str, str]]:
-    """A server on a PostgreSQL of its own, to restart; its URL and a token."""
-    cluster = Cluster()
-    cluster.start()
-    process = None
-    log = (tmp_path_factory.mktemp("restart") / "log").open("wb")
-    try:
-        with psycopg.connect(cluster.url(), autocommit=True) as conn:
-            conn.execute("CREATE DATABASE taskq")
-        env = {**os.environ, "DATABASE_URL": cluster.url("taskq")}
-        manage = [sys.executable, "manage.py"]
-        subprocess.run([*manage, "migrate"], cwd=BASE_DIR, env=env, check=True, capture_output=True)
-        made = subprocess.run(
-            [*manage, "create_api_token", "restart"],
-            cwd=BASE_DIR,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        token = made.stdout.strip().splitlines()[-1]
-        port = free_port()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "taskq_project/gunicorn.conf.py"],
-            cwd=BASE_DIR,
-            env={
-                **env,
-                "PORT": str(port),
-                "WEB_CONCURRENCY": "1",
-                "GUNICORN_ACCESS_LOG": "/dev/null",
-            },
-            stdout=log,
-            stderr=log,
-        )
-        url = f"http://127.0.0.1:{port}"
-
-        def healthy() -> bool:
-            try:
-                return httpx.get(f"{url}/healthz", timeout=5).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(healthy, timeout=60)
-        yield cluster, url, token
-    finally:
-        if process is not None:
-            process.terminate()
-            process.wait(timeout=20)
-        log.close()
-        cluster.destroy()
-
-
-def test_a_postgresql_restart_is_ridden_out(stack: tuple[Cluster, str, str]):
-    cluster, url, token = stack
-    recording = Recording()
-    # Short waits, so the test does not sit out the server's Retry-After of 5 s.
-    client = Client(url, token, transport=recording, max_retries=50, backoff=0.2, max_backoff=0.5)
-    with client:
-        client.create_namespace("restart")
-        client.register_task("restart", "job")
-        cluster.stop("fast")
-        answers: list[object] = []
-        calls = threading.Thread(target=lambda: answers.append(client.capture("restart")))
-        try:
-            calls.start()
-            assert recording.unavailable.wait(20), recording.statuses
-        finally:
-            cluster.start()
-        calls.join(60)
-        assert not calls.is_alive()
-        (leases,) = answers
-        assert [(lease.id, lease.attempt) for lease in leases] == [("job", 1)]  # type: ignore[attr-defined]
-        assert recording.statuses[-1] == 200
-        assert 503 in recording.statuses
-        task = client.get_task("job")
-        assert task is not None and (task.status, task.attempt) == ("in_progress", 1)
