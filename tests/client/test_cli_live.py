@@ -143,6 +143,14 @@ def test_namespaces(taskq: Taskq) -> None:
     assert json.loads(resumed.stdout)["paused"] is False
     assert Namespace.objects.get(id="Images").paused_at is None
     assert missing.returncode == 3
+    make_task("waiting", namespace_id="Images")
+    stats, shown, unknown_stats = taskq.many(
+        ["ns", "stats", "Images", "--json"], ["ns", "stats", "Images"], ["ns", "stats", "Nope"]
+    )
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["counts"]["idle"] == 1
+    assert "idle:" in shown.stdout and "last_5_minutes:" in shown.stdout, shown.stdout
+    assert unknown_stats.returncode == 3
 
     assert taskq("ns", "rm", "Images").returncode == 0
     assert not Namespace.objects.exists()

@@ -424,6 +424,32 @@ def ns_rm(client: Client, args: argparse.Namespace) -> int:
     return OK
 
 
+def ns_stats(client: Client, args: argparse.Namespace) -> int:
+    stats = client.namespace_stats(args.id)
+    if stats is None:
+        warn(f"no namespace {args.id!r}")
+        return NOT_FOUND
+    if args.json:
+        emit_json(stats.raw)
+        return OK
+    estimated = set(stats.estimated)
+    pairs: list[tuple[str, Any]] = [("id", stats.id), ("paused", stats.paused)]
+    pairs += [
+        (state, f"~{count}" if state in estimated else count)
+        for state, count in stats.counts.items()
+    ]
+    pairs += [
+        ("in_flight", stats.in_flight),
+        ("oldest_idle_age_seconds", stats.oldest_idle_age_seconds),
+    ]
+    for window, finished in stats.throughput.items():
+        pairs.append(
+            (window, f"{finished.get('done', 0)} done, {finished.get('failed', 0)} failed")
+        )
+    emit(fields(pairs))
+    return OK
+
+
 def ns_pause(client: Client, args: argparse.Namespace) -> int:
     namespace = client.pause_namespace(args.id)
     emit_json(namespace.raw) if args.json else emit(namespace_fields(namespace))
@@ -910,7 +936,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return sub.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
 
-    ns = branch("ns", "namespaces: list, register, show, change, delete, pause, resume")
+    ns = branch("ns", "namespaces: list, register, show, change, delete, pause, resume, stats")
     leaf(ns, "ls", ns_ls, "list the namespaces")
     p = leaf(
         ns,
@@ -947,6 +973,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("id", metavar="ID")
     p = leaf(ns, "resume", ns_resume, "let a paused namespace's captures lease again")
+    p.add_argument("id", metavar="ID")
+    p = leaf(
+        ns,
+        "stats",
+        ns_stats,
+        "tasks per state, queue lag, leases in flight, throughput (exit 3 if unknown)",
+    )
     p.add_argument("id", metavar="ID")
 
     task = branch("task", "tasks: register, show, list, delete")
