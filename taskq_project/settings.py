@@ -335,6 +335,8 @@ TASKQ_REQUIRE_LEASE_TOKEN = env_bool("TASKQ_REQUIRE_LEASE_TOKEN", default=False)
 
 # How often beat runs the lease sweeper, in seconds.
 TASKQ_SWEEP_SECONDS = env_int("TASKQ_SWEEP_SECONDS", default=5, minimum=1)
+# GET /metrics (Prometheus): open when unset, else only for this bearer token.
+TASKQ_METRICS_TOKEN = env_str("TASKQ_METRICS_TOKEN")
 # Done tasks older than this many days are deleted; unset keeps them forever.
 TASKQ_DONE_RETENTION_DAYS: int | None = (
     env_int("TASKQ_DONE_RETENTION_DAYS", default=0, minimum=1)

@@ -5,7 +5,7 @@ from rest_framework.routers import SimpleRouter
 
 from namespaces_app.views import NamespaceViewSet
 from taskq_project.docs_views import RedocView, SchemaView, SwaggerView
-from taskq_project.views import healthz, index
+from taskq_project.views import healthz, index, metrics
 from tasks_app.views import NamespaceControlViewSet, TaskViewSet
 
 # `/?`: every endpoint answers with and without a trailing slash, without a
@@ -45,6 +45,7 @@ urlpatterns = [
     ),
     path("v1/", include(router.urls)),
     re_path(r"^healthz/?$", healthz, name="healthz"),
+    re_path(r"^metrics/?$", metrics, name="metrics"),
     path("", index, name="index"),
     path(settings.ADMIN_URL, admin.site.urls),
 ]

@@ -9,9 +9,12 @@ from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
+from django.utils.crypto import constant_time_compare
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from rest_framework.exceptions import ValidationError
 
 from taskq_project.ids import id_problem
+from tasks_app.metrics import TaskqCollector
 from tasks_app.sweeper import sweeper_health
 
 # An encoded slash right before the end of the path (and its optional
@@ -134,3 +137,23 @@ def healthz(request: HttpRequest) -> JsonResponse:
             "sweeper": sweeper,
         }
     )
+
+
+def metrics(request: HttpRequest) -> HttpResponse:
+    """`GET /metrics`: the Prometheus text format (tasks_app.metrics).
+
+    Open unless TASKQ_METRICS_TOKEN is set; then only `Authorization: Bearer
+    <that token>` is answered, compared in constant time.
+    """
+    token = settings.TASKQ_METRICS_TOKEN
+    if token and not constant_time_compare(
+        request.headers.get("Authorization", ""), f"Bearer {token}"
+    ):
+        return JsonResponse(
+            {"detail": "The metrics need Authorization: Bearer <TASKQ_METRICS_TOKEN>."},
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+        )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(TaskqCollector())
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,71 @@
+"""What `GET /metrics` exposes, computed from the database at each scrape.
+
+Computed, not counted in memory: every gunicorn process (and every server)
+answers the same figures, whichever one the scraper reaches, and nothing is
+lost when a process restarts. Each figure comes from the dashboard's index
+reads (tasks_app.dashboard), so a scrape costs what the dashboard costs and
+does not grow with the number of done tasks: a count above
+dashboard.EXACT_COUNT_LIMIT rows is the planner's estimate.
+"""
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from namespaces_app.models import Namespace
+from tasks_app.dashboard import PUBLIC_STATE, build_dashboard
+from tasks_app.models import SweepRecord
+from tasks_app.sweeper import RECLAIM_JOB
+
+
+class TaskqCollector(Collector):
+    """The gauges of every namespace, read when collected."""
+
+    def collect(self) -> Iterator[Any]:
+        dashboard = build_dashboard()
+        controls = {
+            ns.id: (ns.paused_at is not None, ns.max_in_flight)
+            for ns in Namespace.objects.only("id", "paused_at", "max_in_flight")
+        }
+        tasks = GaugeMetricFamily(
+            "taskq_tasks",
+            "Tasks per namespace and state (the planner's estimate above 100,000 rows).",
+            labels=["namespace", "state"],
+        )
+        lag = GaugeMetricFamily(
+            "taskq_oldest_idle_age_seconds",
+            "How long the oldest capturable task of the namespace has waited (0: none waits).",
+            labels=["namespace"],
+        )
+        paused = GaugeMetricFamily(
+            "taskq_namespace_paused", "1 while the namespace is paused.", labels=["namespace"]
+        )
+        limits = GaugeMetricFamily(
+            "taskq_namespace_max_in_flight",
+            "The namespace's cap on valid leases, where it has one.",
+            labels=["namespace"],
+        )
+        for stats in dashboard.namespaces:
+            for state, count in stats.counts.items():
+                tasks.add_metric([stats.namespace_id, PUBLIC_STATE[state]], count.value)
+            lag.add_metric([stats.namespace_id], stats.oldest_idle_seconds or 0.0)
+            is_paused, max_in_flight = controls.get(stats.namespace_id, (False, None))
+            paused.add_metric([stats.namespace_id], 1.0 if is_paused else 0.0)
+            if max_in_flight is not None:
+                limits.add_metric([stats.namespace_id], max_in_flight)
+        yield from (tasks, lag, paused, limits)
+
+        sweep = SweepRecord.objects.filter(pk=RECLAIM_JOB).first()
+        if sweep is not None:
+            yield GaugeMetricFamily(
+                "taskq_sweeper_last_run_timestamp_seconds",
+                "When the lease sweeper last finished a run (unix seconds).",
+                value=sweep.finished_at.timestamp(),
+            )
+            yield GaugeMetricFamily(
+                "taskq_sweeper_last_reclaimed",
+                "Expired leases the sweeper's last run reclaimed.",
+                value=sweep.affected,
+            )
