@@ -9,7 +9,7 @@ PORT ?= 8000
 
 export PORT
 
-.PHONY: run stop test test-pgbouncer fuzz faults bench bench-smoke setup migrate lint format db-stop clean
+.PHONY: run stop test test-pgbouncer fuzz faults bench bench-smoke setup migrate static lint format db-stop clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,10 @@ migrate: setup
 # reaches it, and it watches make for the signals make does not forward
 # (SIGHUP). Any of them, Ctrl-C, `make stop` or the exit of any one process
 # stops the whole stack within 10 s; a requested stop exits 0.
-run: migrate
+static: setup
 	$(PY) manage.py collectstatic --noinput --verbosity 0
+
+run: migrate static
 	@echo ""
 	@echo "taskq is starting on http://127.0.0.1:$(PORT)/ (web, Celery worker and beat)"
 	@echo "  Admin:        http://127.0.0.1:$(PORT)/admin/  (create a login: $(PY) manage.py createsuperuser)"

@@ -43,9 +43,9 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 def servers(
     django_db_setup: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[int, int]]:
-    """Two servers (two web processes each) on one database."""
-    first = serve(tmp_path_factory.mktemp("a"), WEB_CONCURRENCY="2")
-    second = serve(tmp_path_factory.mktemp("b"), WEB_CONCURRENCY="2")
+    """Two servers (a web process each) on one database."""
+    first = serve(tmp_path_factory.mktemp("a"), WEB_CONCURRENCY="1")
+    second = serve(tmp_path_factory.mktemp("b"), WEB_CONCURRENCY="1")
     ports = (next(first), next(second))
     yield ports
     for server in (first, second):

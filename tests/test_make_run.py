@@ -34,7 +34,8 @@ STOP_SECONDS = 10
 START_SECONDS = 90
 # The real `make run`. `-o migrate`: the fixture migrated the database once;
 # every test migrating it again would cost seconds and test nothing here.
-MAKE_RUN = "make --no-print-directory -o migrate run"
+# `-o static` likewise (collectstatic, a Django start of its own).
+MAKE_RUN = "make --no-print-directory -o migrate -o static run"
 # What `make run` execs, for the tests where make plays no part.
 SUPERVISOR_RUN = [sys.executable, "scripts/supervisor.py", "run", "--watch-parent"]
 # Every process the test starts inherits this, with the test's own value: the

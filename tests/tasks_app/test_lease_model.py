@@ -338,7 +338,7 @@ def test_the_lease_rules_match_the_model(db):
         run_state_machine_as_test(
             LeaseMachine,
             settings=settings(
-                max_examples=100,
+                max_examples=60,
                 stateful_step_count=50,
                 deadline=None,
                 derandomize=True,
