@@ -102,6 +102,8 @@ class NamespaceStats:
     oldest_idle_seconds: float | None = None
     done_per_minute: list[int] = field(default_factory=lambda: [0] * CHART_MINUTES)
     failed_per_minute: list[int] = field(default_factory=lambda: [0] * CHART_MINUTES)
+    # Paused by an operator: its captures lease nothing until resumed.
+    paused: bool = False
 
     @property
     def total(self) -> Count:
@@ -112,7 +114,11 @@ class NamespaceStats:
 
     @property
     def health(self) -> str:
-        """ "stuck", "lagging" or "ok", for the at-a-glance column."""
+        """ "paused", "stuck", "lagging" or "ok", for the at-a-glance column.
+
+        A pause comes first: it explains whatever else the figures show."""
+        if self.paused:
+            return "paused"
         expired = self.counts.get("expired", Count(0)).value
         failed = self.counts.get("failed_for_good", Count(0)).value
         lag = self.oldest_idle_seconds or 0
@@ -185,8 +191,9 @@ def _counts(category: str, namespace_ids: list[str], estimator: _Estimator) -> d
 
 
 def build_dashboard() -> Dashboard:
-    namespace_ids = list(Namespace.objects.order_by("pk").values_list("pk", flat=True))
-    stats = {ns: NamespaceStats(ns) for ns in namespace_ids}
+    namespaces = list(Namespace.objects.order_by("pk").values_list("pk", "paused_at"))
+    namespace_ids = [ns for ns, _ in namespaces]
+    stats = {ns: NamespaceStats(ns, paused=paused_at is not None) for ns, paused_at in namespaces}
     estimator = _Estimator()
     for category in CATEGORIES:
         counts = _counts(category, namespace_ids, estimator)

@@ -53,6 +53,19 @@ def test_dashboard_marks_a_stuck_namespace(admin_client, populated):
     assert '<tr class="health-ok" data-namespace="beta">' in html
 
 
+def test_dashboard_shows_a_paused_namespace_as_paused(admin_client, populated):
+    from tasks_app.services import pause_namespace, resume_namespace
+
+    pause_namespace(namespace_id="alpha")
+    html = admin_client.get("/admin/").content.decode()
+    # Paused comes first, whatever else its figures say (alpha is stuck).
+    assert '<tr class="health-paused" data-namespace="alpha">' in html
+    assert '<tr class="health-ok" data-namespace="beta">' in html
+    resume_namespace(namespace_id="alpha")
+    html = admin_client.get("/admin/").content.decode()
+    assert '<tr class="health-stuck" data-namespace="alpha">' in html
+
+
 def test_counts_link_to_the_filtered_task_list(admin_client, populated):
     html = admin_client.get("/admin/").content.decode()
     assert "/admin/tasks_app/task/?namespace__id__exact=alpha&amp;state=expired" in html
