@@ -25,9 +25,13 @@ class TaskqCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         dashboard = build_dashboard()
-        controls = {
-            ns.id: (ns.paused_at is not None, ns.max_in_flight)
-            for ns in Namespace.objects.only("id", "paused_at", "max_in_flight")
+        # The dashboard knows which are paused; only the caps are read here.
+        limited: dict[str, int] = {
+            ns: cap
+            for ns, cap in Namespace.objects.filter(max_in_flight__isnull=False).values_list(
+                "id", "max_in_flight"
+            )
+            if cap is not None
         }
         tasks = GaugeMetricFamily(
             "taskq_tasks",
@@ -51,10 +55,9 @@ class TaskqCollector(Collector):
             for state, count in stats.counts.items():
                 tasks.add_metric([stats.namespace_id, PUBLIC_STATE[state]], count.value)
             lag.add_metric([stats.namespace_id], stats.oldest_idle_seconds or 0.0)
-            is_paused, max_in_flight = controls.get(stats.namespace_id, (False, None))
-            paused.add_metric([stats.namespace_id], 1.0 if is_paused else 0.0)
-            if max_in_flight is not None:
-                limits.add_metric([stats.namespace_id], max_in_flight)
+            paused.add_metric([stats.namespace_id], 1.0 if stats.paused else 0.0)
+            if stats.namespace_id in limited:
+                limits.add_metric([stats.namespace_id], limited[stats.namespace_id])
         yield from (tasks, lag, paused, limits)
 
         sweep = SweepRecord.objects.filter(pk=RECLAIM_JOB).first()

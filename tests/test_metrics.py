@@ -4,6 +4,7 @@ import pytest
 from django.test import Client, override_settings
 from prometheus_client.parser import text_string_to_metric_families
 
+from namespaces_app.models import Namespace
 from tasks_app.services import capture_tasks, pause_namespace
 from tests.factories import make_namespace, make_tasks
 
@@ -56,6 +57,7 @@ def test_the_tasks_of_every_namespace_by_state(client, clock):
     assert samples[("taskq_oldest_idle_age_seconds", (("namespace", "b"),))] == 0.0
     assert samples[("taskq_namespace_paused", (("namespace", "b"),))] == 1.0
     assert samples[("taskq_namespace_paused", (("namespace", "a"),))] == 0.0
+    assert ("taskq_namespace_max_in_flight", (("namespace", "a"),)) not in samples
 
 
 def test_the_sweepers_last_run(client):
@@ -75,5 +77,7 @@ def test_with_a_metrics_token_only_its_bearer_is_answered(client):
         assert r.status_code == 401
         assert "TASKQ_METRICS_TOKEN" in r.json()["detail"]
     make_namespace("ns")
+    Namespace.objects.filter(pk="ns").update(max_in_flight=3)
     samples = scrape(client, token="scrape-secret")
     assert samples[("taskq_namespace_paused", (("namespace", "ns"),))] == 0.0
+    assert samples[("taskq_namespace_max_in_flight", (("namespace", "ns"),))] == 3.0
