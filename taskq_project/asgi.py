@@ -27,6 +27,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -38,6 +39,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "taskq_project.settings")
 from django.conf import settings
 from django.core.wsgi import get_wsgi_application
 
+from taskq_project import http_metrics
 from tasks_app import waiting
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,32 @@ async def application(scope: Scope, receive: Receive, send: Send) -> None:
         return
     if scope["type"] != "http":
         return
+    # Counted here, once the answer has started, so that a long-polling
+    # capture counts once, with its wait, and the answers given before Django
+    # (413, 414, a full queue's 503) count too. Django names the route in the
+    # box (taskq_project.http_metrics.RouteMiddleware).
+    started = time.perf_counter()
+    box: dict[str, Any] = {}
+    scope[http_metrics.OBSERVED_KEY] = box
+
+    async def observed_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            box["code"] = message["status"]
+        await send(message)
+
+    try:
+        await _serve(scope, receive, observed_send)
+    finally:
+        if "code" in box:
+            http_metrics.observe(
+                route=box.get("route") or http_metrics.route_of_path(scope["path"]),
+                method=scope["method"],
+                code=box["code"],
+                seconds=time.perf_counter() - started,
+            )
+
+
+async def _serve(scope: Scope, receive: Receive, send: Send) -> None:
     target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
     if target > MAX_TARGET_BYTES:
         await answer(
@@ -341,6 +369,8 @@ def wsgi_environ(scope: Scope, body: bytes) -> dict[str, Any]:
         "wsgi.multiprocess": True,
         "wsgi.run_once": False,
     }
+    if http_metrics.OBSERVED_KEY in scope:
+        environ[http_metrics.OBSERVED_KEY] = scope[http_metrics.OBSERVED_KEY]
     client = scope.get("client")
     if client:
         environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = client[0], str(client[1])

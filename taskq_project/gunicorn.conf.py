@@ -4,8 +4,10 @@ Run as `gunicorn -c taskq_project/gunicorn.conf.py`; each value can be set
 from the environment.
 """
 
+import glob
 import multiprocessing
 import os
+import tempfile
 
 bind = os.environ.get("GUNICORN_BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
 # Requests are short and mostly wait on PostgreSQL: a few processes per core
@@ -23,3 +25,23 @@ graceful_timeout = 10
 keepalive = 30
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-")
 wsgi_app = "taskq_project.asgi:application"
+
+# The HTTP counts of every worker, summed at each scrape
+# (taskq_project.http_metrics). Set here, in the master, so every worker
+# inherits it before it imports prometheus-client. One directory per server:
+# under the run directory when the supervisor gives one, else a new temporary
+# one, unless PROMETHEUS_MULTIPROC_DIR names it.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    run_dir = os.environ.get("TASKQ_RUN_DIR")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = (
+        os.path.join(run_dir, "metrics") if run_dir else tempfile.mkdtemp(prefix="taskq-metrics-")
+    )
+
+
+def on_starting(server: object) -> None:
+    # Counts left by an earlier server would be summed with this one's. Only
+    # prometheus-client's own files go: the directory may be the operator's.
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(directory, exist_ok=True)
+    for path in glob.glob(os.path.join(directory, "*.db")):
+        os.remove(path)

@@ -158,6 +158,16 @@ class NamespaceStatsSerializer(serializers.Serializer):
     throughput = _ThroughputSerializer(help_text="Tasks finished, from the release log.")
 
 
+class PurgedSerializer(serializers.Serializer):
+    """What a purge deleted."""
+
+    id = serializers.CharField(max_length=MAX_ID_LENGTH, min_length=1)
+    deleted = serializers.IntegerField(help_text="Tasks deleted, in all.")
+    by_state = serializers.DictField(
+        child=serializers.IntegerField(), help_text="Tasks deleted per state named."
+    )
+
+
 # many=False: these already are the list envelopes (`{"list": [...]}`), which
 # drf-spectacular would otherwise wrap in an array (or a pagination envelope).
 @extend_schema_serializer(many=False)

@@ -26,8 +26,8 @@ urlpatterns = [
         TaskViewSet.as_view({"get": "attempts"}),
         name="task-attempts",
     ),
-    # Likewise for namespaces; their ids may not end with "/pause", "/resume"
-    # or "/stats".
+    # Likewise for namespaces; their ids may not end with "/pause", "/resume",
+    # "/stats" or "/purge".
     re_path(
         r"^v1/namespace/(?P<pk>[\s\S]+?)/pause/?$",
         NamespaceControlViewSet.as_view({"post": "pause"}),
@@ -37,6 +37,11 @@ urlpatterns = [
         r"^v1/namespace/(?P<pk>[\s\S]+?)/resume/?$",
         NamespaceControlViewSet.as_view({"post": "resume"}),
         name="namespace-resume",
+    ),
+    re_path(
+        r"^v1/namespace/(?P<pk>[\s\S]+?)/purge/?$",
+        NamespaceControlViewSet.as_view({"post": "purge"}),
+        name="namespace-purge",
     ),
     re_path(
         r"^v1/namespace/(?P<pk>[\s\S]+?)/stats/?$",

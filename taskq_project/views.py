@@ -13,6 +13,7 @@ from django.utils.crypto import constant_time_compare
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from rest_framework.exceptions import ValidationError
 
+from taskq_project import http_metrics
 from taskq_project.ids import id_problem
 from tasks_app.metrics import TaskqCollector
 from tasks_app.sweeper import sweeper_health
@@ -156,4 +157,5 @@ def metrics(request: HttpRequest) -> HttpResponse:
         )
     registry = CollectorRegistry(auto_describe=False)
     registry.register(TaskqCollector())
+    http_metrics.register(registry)
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

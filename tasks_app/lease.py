@@ -209,6 +209,12 @@ class Category:
     lease: Literal["valid", "expired", None] = None
     # Whether the task's turn has come (`available_at` past) or is to come.
     turn: Literal["come", "later", None] = None
+    # Its name in the API, the CLI and the metrics, where it differs.
+    public: str | None = None
+
+    @property
+    def public_name(self) -> str:
+        return self.public or self.name
 
     def where(self, table: str = "") -> str:
         """This category's rows as a SQL condition (on the lease clock);
@@ -246,12 +252,22 @@ CATEGORIES = (
     # Registered with a delay, or handed back with `retry_after`.
     Category("scheduled", "Scheduled", TaskStatus.IDLE, turn="later"),
     Category("in_progress", "In progress", TaskStatus.IN_PROGRESS, lease="valid"),
-    Category("expired", "Lease expired", TaskStatus.IN_PROGRESS, lease="expired"),
+    Category(
+        "expired", "Lease expired", TaskStatus.IN_PROGRESS, lease="expired", public="lease_expired"
+    ),
     Category("done", "Done", TaskStatus.DONE),
     Category("failed_retry", "Failed, will retry", TaskStatus.FAILED, retries="some"),
-    Category("failed_for_good", "Failed for good", TaskStatus.FAILED, retries="none"),
+    Category(
+        "failed_for_good",
+        "Failed for good",
+        TaskStatus.FAILED,
+        retries="none",
+        public="failed_final",
+    ),
 )
 CATEGORY = {category.name: category for category in CATEGORIES}
+# The categories by the names the API gives them.
+PUBLIC_CATEGORY = {category.public_name: category for category in CATEGORIES}
 
 
 def any_of(names: tuple[str, ...], table: str = "") -> str:
@@ -355,6 +371,9 @@ _T_COLUMNS = ", ".join("t." + column.strip() for column in TASK_COLUMNS.split(",
 # Added to statements that finish tasks, as a data-modifying CTE over the rows
 # they changed: one Throughput row per namespace and statement, never an
 # update of a shared counter, so concurrent releases do not queue on a row.
+# `failed` counts failures given (by a worker's release or an operator);
+# leases that ended by running out are `expired`, logged by the sweeper and
+# by the capture that takes such a lease over.
 _LOG_THROUGHPUT = f"""
     INSERT INTO tasks_app_throughput (namespace_id, at, done, failed)
     SELECT namespace_id, {NOW},
@@ -510,7 +529,15 @@ WITH picked AS MATERIALIZED (
     SELECT id, attempt, leased_at, leased_by, lease_expires_at
     FROM picked
     WHERE status = 'in_progress'
-), {_record_attempts("taken_over", outcome="'expired'", ended_at="r.lease_expires_at")}
+), {_record_attempts("taken_over", outcome="'expired'", ended_at="r.lease_expires_at")},
+logged AS (
+    -- Counted for taskq_tasks_captured_total; a capture that leases nothing
+    -- writes nothing.
+    INSERT INTO tasks_app_throughput (namespace_id, at, captured, expired)
+    SELECT %(namespace_id)s, {NOW}, count(*), (SELECT count(*) FROM taken_over)
+    FROM leased
+    HAVING count(*) > 0
+)
 SELECT {TASK_COLUMNS}, lease_token, payload FROM leased ORDER BY priority, queued_at, id
 """
 
@@ -855,7 +882,10 @@ WITH expired AS MATERIALIZED (
     RETURNING t.id, t.namespace_id, t.status, t.retries_left, t.attempt, t.leased_at,
               t.leased_by, expired.lease_expires_at
 ), {_record_attempts("reclaimed", outcome="'expired'", ended_at="r.lease_expires_at")},
-logged AS ({_LOG_THROUGHPUT.format(source="reclaimed")})
+logged AS (
+    INSERT INTO tasks_app_throughput (namespace_id, at, expired)
+    SELECT namespace_id, {NOW}, count(*) FROM reclaimed GROUP BY namespace_id
+)
 SELECT retries_left > 0 FROM reclaimed
 """
 
@@ -877,16 +907,104 @@ USING doomed
 WHERE t.id = doomed.id
 """
 
-# The dashboard charts the last hour; keep a margin, drop the rest.
-PURGE_THROUGHPUT = f"""
-DELETE FROM tasks_app_throughput WHERE at < {NOW} - interval '2 hours'
+
+# An operator's purge: delete up to %(batch)s tasks of namespace
+# %(namespace_id)s in one category (`purge(name)`), last changed before
+# %(before)s when given. Batches keep each transaction, and the locks it
+# holds, short; SKIP LOCKED passes over a task a release or an import is
+# changing right now rather than wait for it. The category's condition is
+# the one its partial index is built on, so each batch is a short range scan
+# (done and failed-for-good tasks by `updated_at`, the rest from the capture
+# and lease indexes). Attempts go with their tasks (ON DELETE CASCADE).
+def purge(name: str) -> str:
+    category = CATEGORY[name]
+    turn = "available_at IS NOT NULL AND " if category.turn else ""
+    return f"""
+WITH doomed AS MATERIALIZED (
+    SELECT id
+    FROM tasks_app_task
+    WHERE namespace_id = %(namespace_id)s AND {turn}{category.where()}
+      AND (%(before)s::timestamptz IS NULL OR updated_at < %(before)s::timestamptz)
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM tasks_app_task AS t
+USING doomed
+WHERE t.id = doomed.id
 """
 
+
+# The throughput log's upkeep, by the sweeper. Each statement moves rows
+# from one form to another in one transaction, so a reader's snapshot sees
+# every event counted exactly once (tasks_app.metrics sums both tables).
+#
+# Rows of minutes gone by become one row per namespace and minute, stamped
+# at the minute's start: the log then holds a row per namespace and minute,
+# plus the current minute's, however many statements wrote to it. A row
+# already so stamped is left alone (a late commit into a compacted minute
+# makes a second row for it, which sums the same).
+COMPACT_THROUGHPUT = f"""
+WITH gone AS (
+    DELETE FROM tasks_app_throughput
+    WHERE at < date_trunc('minute', {NOW}) AND at <> date_trunc('minute', at)
+    RETURNING namespace_id, at, captured, done, failed, expired
+)
+INSERT INTO tasks_app_throughput (namespace_id, at, captured, done, failed, expired)
+SELECT namespace_id, date_trunc('minute', at),
+       sum(captured), sum(done), sum(failed), sum(expired)
+FROM gone
+GROUP BY 1, 2
+"""
+
+# The dashboard charts the last hour; past a margin, rows go into the running
+# totals of their namespace (the counters' base). Totals of namespaces that
+# no longer exist go: a namespace created again under the same id starts
+# from zero, which Prometheus reads as a counter reset.
+FOLD_THROUGHPUT = f"""
+WITH gone AS (
+    DELETE FROM tasks_app_throughput
+    WHERE at < {NOW} - interval '2 hours'
+    RETURNING namespace_id, captured, done, failed, expired
+), folded AS (
+    INSERT INTO tasks_app_throughputtotal AS total
+        (namespace_id, captured, done, failed, expired)
+    SELECT namespace_id, sum(captured), sum(done), sum(failed), sum(expired)
+    FROM gone
+    WHERE namespace_id IN (SELECT id FROM namespaces_app_namespace)
+    GROUP BY 1
+    ON CONFLICT (namespace_id) DO UPDATE
+    SET captured = total.captured + EXCLUDED.captured,
+        done = total.done + EXCLUDED.done,
+        failed = total.failed + EXCLUDED.failed,
+        expired = total.expired + EXCLUDED.expired
+)
+DELETE FROM tasks_app_throughputtotal
+WHERE namespace_id NOT IN (SELECT id FROM namespaces_app_namespace)
+"""
+
+# Every event since each namespace was created: the running totals plus the
+# log's rows, read in one snapshot.
+THROUGHPUT_TOTALS = """
+SELECT namespace_id, sum(captured), sum(done), sum(failed), sum(expired)
+FROM (
+    SELECT namespace_id, captured, done, failed, expired
+    FROM tasks_app_throughputtotal
+    UNION ALL
+    SELECT namespace_id, captured, done, failed, expired
+    FROM tasks_app_throughput
+) AS events
+WHERE namespace_id IN (SELECT id FROM namespaces_app_namespace)
+GROUP BY 1
+"""
+
+# `affected_total` runs over every run since the job first ran, whatever the
+# namespaces did since (taskq_sweeper_reclaimed_total).
 RECORD_RUN = """
-INSERT INTO tasks_app_sweeprecord (name, finished_at, affected, detail)
-VALUES (%s, clock_timestamp(), %s, %s::jsonb)
+INSERT INTO tasks_app_sweeprecord AS run (name, finished_at, affected, affected_total, detail)
+VALUES (%s, clock_timestamp(), %s, %s, %s::jsonb)
 ON CONFLICT (name) DO UPDATE
-SET finished_at = EXCLUDED.finished_at, affected = EXCLUDED.affected, detail = EXCLUDED.detail
+SET finished_at = EXCLUDED.finished_at, affected = EXCLUDED.affected,
+    affected_total = run.affected_total + EXCLUDED.affected, detail = EXCLUDED.detail
 """
 
 # Operator actions (admin): move the tasks of %(ids)s that satisfy a

@@ -157,6 +157,8 @@ class SweepRecord(models.Model):
     name = models.CharField(primary_key=True, max_length=64)
     finished_at = models.DateTimeField()
     affected = models.BigIntegerField(default=0)
+    # What every run so far affected, in all.
+    affected_total = models.BigIntegerField(default=0, db_default=0)
     detail = models.JSONField(default=dict)
 
     def __str__(self) -> str:
@@ -164,22 +166,44 @@ class SweepRecord(models.Model):
 
 
 class Throughput(models.Model):
-    """Tasks finished per namespace, one row per statement that finished some.
+    """Tasks captured and finished per namespace, one row per statement that
+    captured or finished some.
 
-    Append-only, so writers never contend on a counter row; the dashboard sums
-    the last hour per minute, and the sweeper deletes rows past that window.
+    Append-only, so writers never contend on a counter row. The sweeper
+    compacts each minute gone by into a row per namespace, and folds rows
+    past two hours into `ThroughputTotal` (tasks_app.lease), so the log stays
+    a few rows per namespace and minute whatever the load. The dashboard sums
+    the last hour per minute; the metrics' counters sum it all.
     """
 
     namespace_id = models.CharField(max_length=MAX_ID_LENGTH)
     at = models.DateTimeField()
-    done = models.IntegerField(default=0)
-    failed = models.IntegerField(default=0)
+    captured = models.IntegerField(default=0, db_default=0)
+    done = models.IntegerField(default=0, db_default=0)
+    failed = models.IntegerField(default=0, db_default=0)
+    # Leases that ran out (the sweeper's, and those a capture took over).
+    expired = models.IntegerField(default=0, db_default=0)
 
     class Meta:
         indexes = [models.Index(fields=["at"], name="throughput_at_idx")]
 
     def __str__(self) -> str:
         return f"{self.namespace_id} {self.at:%H:%M}: {self.done} done, {self.failed} failed"
+
+
+class ThroughputTotal(models.Model):
+    """What a namespace's throughput log held before the sweeper folded it in:
+    with the log's rows, every task captured and finished since the namespace
+    was created. Written by the sweeper alone."""
+
+    namespace_id = models.CharField(primary_key=True, max_length=MAX_ID_LENGTH)
+    captured = models.BigIntegerField(default=0)
+    done = models.BigIntegerField(default=0)
+    failed = models.BigIntegerField(default=0)
+    expired = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.namespace_id}: {self.captured} captured, {self.done} done"
 
 
 class Outcome(models.TextChoices):

@@ -13,6 +13,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from taskq_project.api import IdField, StrictIntegerField, StrictSerializer
+from tasks_app import lease
 from tasks_app.models import (
     MAX_INT,
     MAX_PRIORITY,
@@ -369,6 +370,31 @@ class CaptureSerializer(StrictSerializer):
     def capture_arguments(self) -> dict[str, Any]:
         data = self.validated_data
         return {"namespace_id": data["namespace_id"], "limit": data["limit"]}
+
+
+# Ten years: long enough for any retention, short enough for an interval.
+MAX_PURGE_AGE_SECONDS = 10 * 365 * 86_400
+
+
+class PurgeSerializer(StrictSerializer):
+    """`POST /v1/namespace/{id}/purge`: which tasks to delete."""
+
+    states = serializers.ListField(
+        child=serializers.ChoiceField(choices=list(lease.PUBLIC_CATEGORY)),
+        min_length=1,
+        help_text='The states whose tasks are deleted, e.g. ["done", "failed_final"].',
+    )
+    older_than = serializers.FloatField(
+        min_value=0,
+        max_value=MAX_PURGE_AGE_SECONDS,
+        required=False,
+        allow_null=True,
+        help_text="Only tasks last changed more than this many seconds ago.",
+    )
+
+    def purge_arguments(self) -> dict[str, Any]:
+        data = self.validated_data
+        return {"states": data["states"], "older_than": data.get("older_than")}
 
 
 class TaskBatchSerializer(serializers.Serializer):

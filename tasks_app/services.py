@@ -255,6 +255,61 @@ def resume_namespace(*, namespace_id: str, scope: Scope = None) -> Namespace:
     return namespace
 
 
+# Tasks per purge statement: each a short transaction of its own.
+PURGE_BATCH = 2_000
+
+
+def purge_namespace(
+    *,
+    namespace_id: str,
+    states: Sequence[str],
+    older_than: float | None = None,
+    scope: Scope = None,
+    batch_size: int = PURGE_BATCH,
+) -> dict[str, int]:
+    """Delete the namespace's tasks in `states` (the API's state names:
+    tasks_app.lease.PUBLIC_CATEGORY), last changed more than `older_than`
+    seconds ago when given. Returns how many were deleted, per state named.
+
+    In batches of `batch_size`, each its own transaction, so no lock is held
+    for long and captures, releases and registrations go on meanwhile. A task
+    being changed at that instant (SKIP LOCKED) is left; a task that enters
+    a state after its turn came is not deleted. A valid lease that is purged
+    frees its slot (its holder's release then finds no task). Raises
+    NamespaceNotFound; an unknown state raises ValueError (the API validates
+    first).
+    """
+    if not in_scope(namespace_id, scope):
+        raise NamespaceNotFound(namespace_id)
+    categories = [lease.PUBLIC_CATEGORY[state] for state in dict.fromkeys(states)]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {lease.NOW} - make_interval(secs => %s::float8)"
+            " FROM namespaces_app_namespace WHERE id = %s",
+            [older_than, namespace_id],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        raise NamespaceNotFound(namespace_id)
+    (before,) = row
+    deleted: dict[str, int] = {}
+    for category in categories:
+        statement = lease.purge(category.name)
+        params = {"namespace_id": namespace_id, "before": before, "batch": batch_size}
+        count = 0
+        while True:
+            with connection.cursor() as cursor:
+                cursor.execute(statement, params)
+                batch = cursor.rowcount
+            count += batch
+            if batch < batch_size:
+                break
+        deleted[category.public_name] = count
+    if deleted.get("in_progress"):
+        waiting.notify([namespace_id])
+    return deleted
+
+
 def _capture_limited(namespace_id: str, limit: int, holder: str | None) -> list[LeaseRow]:
     """Capture in a namespace with `max_in_flight`, never past it.
 

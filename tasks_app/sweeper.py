@@ -54,7 +54,8 @@ def reclaim_expired_leases(*, batch_size: int = SWEEP_BATCH) -> ReclaimResult:
         if len(outcomes) < batch_size:
             break
     with connection.cursor() as cursor:
-        cursor.execute(lease.PURGE_THROUGHPUT)
+        cursor.execute(lease.COMPACT_THROUGHPUT)
+        cursor.execute(lease.FOLD_THROUGHPUT)
     result = ReclaimResult(
         reclaimed=retryable + failed_for_good,
         retryable=retryable,
@@ -109,7 +110,7 @@ def _record(name: str, *, affected: int, detail: dict[str, object]) -> None:
     # An upsert, not update_or_create: two sweeps finishing at once must not
     # race to insert the first record.
     with connection.cursor() as cursor:
-        cursor.execute(lease.RECORD_RUN, [name, affected, json.dumps(detail)])
+        cursor.execute(lease.RECORD_RUN, [name, affected, affected, json.dumps(detail)])
 
 
 def last_run(name: str) -> SweepRecord | None:

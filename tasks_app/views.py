@@ -27,6 +27,7 @@ from tasks_app.rendering import render_attempt, render_detail, render_lease, ren
 from tasks_app.serializers import (
     CaptureSerializer,
     ExtendSerializer,
+    PurgeSerializer,
     ReleaseSerializer,
     TaskBatchSerializer,
     TaskCreateSerializer,
@@ -314,3 +315,26 @@ class NamespaceControlViewSet(viewsets.ViewSet):
             namespace_id=validated_path_id(pk, request), scope=token_scope(request)
         )
         return Response(render_namespace(namespace))
+
+    @extend_schema(
+        summary="Delete a namespace's tasks by state",
+        description="Deletes the namespace's tasks in the states named (for example "
+        '`{"states": ["done", "failed_final"]}`), last changed more than `older_than` '
+        "seconds ago when given, in batches of short transactions: captures and releases "
+        "go on meanwhile, and a task being changed at that instant is left. Answers how "
+        "many were deleted, in all and per state. Operator role.",
+        request=PurgeSerializer,
+        parameters=[schema.id_path("The namespace id.")],
+        responses={200: schema.PurgedSerializer, **schema.errors(404)},
+    )
+    def purge(self, request: Request, pk: str) -> Response:
+        namespace_id = validated_path_id(pk, request)
+        serializer = PurgeSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        deleted = services.purge_namespace(
+            namespace_id=namespace_id, **serializer.purge_arguments(), scope=token_scope(request)
+        )
+        return Response(
+            {"id": namespace_id, "deleted": sum(deleted.values()), "by_state": deleted},
+            headers=NO_STORE,
+        )

@@ -22,6 +22,7 @@ ONE_WORKER_MODULES = {
     "tests/test_database_settings.py": "database_settings",
     "tests/test_long_polling.py": "long_polling",
     "tests/test_make_run.py": "make_run",
+    "tests/test_metrics_live.py": "metrics_live",
     "tests/test_web_server.py": "web_server",
 }
 

@@ -5,7 +5,9 @@ from django.test import Client, override_settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from namespaces_app.models import Namespace
-from tasks_app.services import capture_tasks, pause_namespace
+from tasks_app.models import SweepRecord, Throughput, ThroughputTotal
+from tasks_app.services import capture_tasks, pause_namespace, release_tasks
+from tasks_app.sweeper import RECLAIM_JOB, reclaim_expired_leases
 from tests.factories import make_namespace, make_tasks
 
 pytestmark = pytest.mark.django_db
@@ -61,13 +63,134 @@ def test_the_tasks_of_every_namespace_by_state(client, clock):
 
 
 def test_the_sweepers_last_run(client):
-    from tasks_app.sweeper import reclaim_expired_leases
+    before = scrape(client)
+    assert "taskq_sweeper_last_run_timestamp_seconds" not in {name for name, _ in before}
+    assert before[("taskq_sweeper_reclaimed_total", ())] == 0.0
+    reclaim_expired_leases()
+    finished = SweepRecord.objects.get(pk=RECLAIM_JOB).finished_at.timestamp()
+    samples = scrape(client)
+    assert samples[("taskq_sweeper_last_run_timestamp_seconds", ())] == finished
+    assert samples[("taskq_sweeper_last_reclaimed", ())] == 0.0
 
-    assert not any(name.startswith("taskq_sweeper") for name, _ in scrape(client))
+
+def test_the_sweepers_reclaimed_total_adds_up_every_run(client, clock):
+    make_namespace("ns")
+    make_tasks("ns", 5, timeout=10)
+    capture_tasks(namespace_id="ns", limit=2)
+    clock.advance(11)
+    reclaim_expired_leases()
+    capture_tasks(namespace_id="ns", limit=3)
+    clock.advance(11)
     reclaim_expired_leases()
     samples = scrape(client)
-    assert samples[("taskq_sweeper_last_run_timestamp_seconds", ())] > 1.7e9
-    assert samples[("taskq_sweeper_last_reclaimed", ())] == 0.0
+    assert samples[("taskq_sweeper_last_reclaimed", ())] == 3.0
+    assert samples[("taskq_sweeper_reclaimed_total", ())] == 5.0
+    # Deleting the namespace takes its tasks' counts, never the sweeper's.
+    Namespace.objects.filter(pk="ns").delete()
+    assert scrape(client)[("taskq_sweeper_reclaimed_total", ())] == 5.0
+
+
+def counters(samples: dict[tuple[str, tuple], float], namespace: str) -> dict[str, float]:
+    figures = {"captured": samples[("taskq_tasks_captured_total", (("namespace", namespace),))]}
+    for outcome in ("done", "failed", "expired"):
+        labels = (("namespace", namespace), ("outcome", outcome))
+        figures[outcome] = samples[("taskq_tasks_finished_total", labels)]
+    return figures
+
+
+def test_counters_count_captures_and_each_way_a_lease_ends(client, clock):
+    make_namespace("ns")
+    make_namespace("quiet")
+    make_tasks("ns", 6, timeout=10)
+    assert counters(scrape(client), "quiet") == dict(captured=0, done=0, failed=0, expired=0)
+
+    capture_tasks(namespace_id="ns", limit=3)
+    capture_tasks(namespace_id="ns", limit=1)
+    release_tasks(status="done", task_ids=["t000000", "t000001"])
+    release_tasks(status="failed", task_ids=["t000002"])
+    # Handed back: not an end of the task's work, not counted as one.
+    release_tasks(status="idle", task_ids=["t000003"])
+    capture_tasks(namespace_id="ns", limit=1)  # t000003 again
+    assert counters(scrape(client), "ns") == dict(captured=5, done=2, failed=1, expired=0)
+
+    clock.advance(11)
+    # One lease taken over by the capture that finds it expired (t000003),
+    # then the sweeper's: the new leases, once they run out too.
+    rows = capture_tasks(namespace_id="ns", limit=10)
+    assert len(rows) == 4
+    assert counters(scrape(client), "ns") == dict(captured=9, done=2, failed=1, expired=1)
+    clock.advance(11)
+    reclaim_expired_leases()
+    assert counters(scrape(client), "ns") == dict(captured=9, done=2, failed=1, expired=5)
+    assert counters(scrape(client), "quiet") == dict(captured=0, done=0, failed=0, expired=0)
+
+
+def test_counters_keep_their_values_as_the_sweeper_compacts_and_folds_the_log(client, clock):
+    make_namespace("ns")
+    make_namespace("other")
+    make_tasks("ns", 40, timeout=3600)
+    make_tasks("other", 3, prefix="o", timeout=3600)
+    for _ in range(10):
+        rows = capture_tasks(namespace_id="ns", limit=2)
+        release_tasks(status="done", task_ids=[rows[0].id])
+        release_tasks(status="failed", task_ids=[rows[1].id])
+        clock.advance(7)
+    capture_tasks(namespace_id="other", limit=3)
+    expected = dict(captured=20, done=10, failed=10, expired=0)
+    assert counters(scrape(client), "ns") == expected
+    assert Throughput.objects.filter(namespace_id="ns").count() == 30
+
+    # Each minute gone by becomes a row per namespace.
+    clock.advance(60)
+    reclaim_expired_leases()
+    assert counters(scrape(client), "ns") == expected
+    minutes = Throughput.objects.filter(namespace_id="ns").values_list("at", flat=True)
+    assert all(at.second == 0 and at.microsecond == 0 for at in minutes)
+    assert len(minutes) <= 3 < 30
+    assert not ThroughputTotal.objects.exists()
+
+    # Past two hours, rows go into the running totals.
+    clock.advance(2 * 3600)
+    reclaim_expired_leases()
+    assert not Throughput.objects.filter(namespace_id="ns").exists()
+    assert ThroughputTotal.objects.get(pk="ns").done == 10
+    assert counters(scrape(client), "ns") == expected
+    assert counters(scrape(client), "other")["captured"] == 3
+
+    rows = capture_tasks(namespace_id="ns", limit=1)
+    release_tasks(status="done", task_ids=[rows[0].id])
+    assert counters(scrape(client), "ns") == dict(captured=21, done=11, failed=10, expired=0)
+
+    # A namespace deleted and created again starts from zero.
+    Namespace.objects.filter(pk="other").delete()
+    clock.advance(3 * 3600)
+    reclaim_expired_leases()
+    assert not ThroughputTotal.objects.filter(pk="other").exists()
+    make_namespace("other")
+    assert counters(scrape(client), "other")["captured"] == 0
+    assert counters(scrape(client), "ns") == dict(captured=21, done=11, failed=10, expired=0)
+
+
+def http_count(samples: dict[tuple[str, tuple], float], route: str, code: str) -> float:
+    labels = (("code", code), ("method", "GET"), ("route", route))
+    return samples.get(("taskq_http_requests_total", labels), 0.0)
+
+
+def test_http_requests_are_counted_by_url_pattern_never_by_id(client, api, namespace):
+    before = scrape(client)
+    for task_id in ("first-id", "second-id", "third-id"):
+        assert api.get(f"/v1/task/{task_id}").status_code == 204
+    api.get("/v1/no-such-endpoint")
+    samples = scrape(client)
+
+    assert (
+        http_count(samples, "v1/task/{pk}", "204") - http_count(before, "v1/task/{pk}", "204") == 3
+    )
+    assert http_count(samples, "unmatched", "404") - http_count(before, "unmatched", "404") == 1
+    duration = ("taskq_http_request_duration_seconds_count", (("route", "v1/task/{pk}"),))
+    assert samples[duration] - before.get(duration, 0.0) == 3
+    labels = {value for _, pairs in samples for _, value in pairs}
+    assert not any("first-id" in value for value in labels)
 
 
 @override_settings(TASKQ_METRICS_TOKEN="scrape-secret")

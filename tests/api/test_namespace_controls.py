@@ -94,7 +94,7 @@ def test_an_unknown_or_out_of_scope_namespace_is_a_404(api, namespace, action):
     assert api.get("/v1/namespace/ns").json()["paused"] is False
 
 
-@pytest.mark.parametrize("suffix", ["/pause", "/resume", "/stats"])
+@pytest.mark.parametrize("suffix", ["/pause", "/resume", "/stats", "/purge"])
 def test_a_namespace_id_may_not_end_with_an_endpoint(api, suffix):
     r = api.post("/v1/namespace", {"id": f"jobs{suffix}"}, format="json")
     assert r.status_code == 400

@@ -27,6 +27,7 @@ EXTRA_OPERATIONS = {
     ("/v1/task/{id}/attempts", "get"),
     ("/v1/namespace/{id}", "patch"),
     ("/v1/namespace/{id}/pause", "post"),
+    ("/v1/namespace/{id}/purge", "post"),
     ("/v1/namespace/{id}/resume", "post"),
     ("/v1/namespace/{id}/stats", "get"),
 }
