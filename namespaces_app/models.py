@@ -3,7 +3,8 @@ from django.db.models import F, Q
 
 from taskq_project.ids import MAX_ID_LENGTH
 
-# /v1/namespace/{id}/pause, /resume and /stats are endpoints: no id may end so.
+# /v1/namespace/{id}/pause, /resume, /stats and /purge are endpoints: no id
+# may end so.
 RESERVED_NAMESPACE_ID_SUFFIXES = ("/pause", "/resume", "/stats", "/purge")
 
 

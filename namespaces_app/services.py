@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 
 from namespaces_app.exceptions import (
     NamespaceAlreadyExists,
@@ -11,6 +11,7 @@ from namespaces_app.exceptions import (
     NamespaceOutOfScope,
 )
 from namespaces_app.models import Namespace
+from taskq_project.channels import WORK_CHANNEL
 
 Scope = frozenset[str] | None
 
@@ -70,16 +71,22 @@ def register_namespace(
 def change_namespace(*, namespace_id: str, settings: Settings, scope: Scope = None) -> Namespace:
     """Change the settings given, in one UPDATE; they apply to what happens
     next (a task registered, a lease failed), never to what was decided.
-    Raises NamespaceNotFound."""
+    Raising or lifting `max_in_flight` wakes the namespace's waiting captures
+    (at commit), which may now lease. Raises NamespaceNotFound."""
     if not in_scope(namespace_id, scope):
         raise NamespaceNotFound(namespace_id)
     with transaction.atomic():
         namespace = Namespace.objects.select_for_update().filter(pk=namespace_id).first()
         if namespace is None:
             raise NamespaceNotFound(namespace_id)
+        cap = namespace.max_in_flight
         for column, value in settings.columns().items():
             setattr(namespace, column, value)
         namespace.save(update_fields=list(settings.columns()) or None)
+        new_cap = namespace.max_in_flight
+        if cap is not None and (new_cap is None or new_cap > cap):
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_notify(%s, %s)", [WORK_CHANNEL, namespace_id])
     return namespace
 
 

@@ -46,8 +46,9 @@ UNMATCHED = "unmatched"
 # capture counts once, with its wait, whatever number of tries it took.
 OBSERVED_KEY = "taskq.observed"
 
-# Long polls wait up to 30 s by default and 60 s at most.
-_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# From a capture's few milliseconds to the longest long poll (`wait`, 20 s
+# at most: tasks_app.waiting.MAX_WAIT_SECONDS) and a little over.
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30)
 
 # Not registered anywhere: `registry()` chooses how they are read.
 REQUESTS = Counter(

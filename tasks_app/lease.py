@@ -42,6 +42,8 @@ from typing import Any, Literal, NamedTuple
 from django.db import models
 from django.db.models import F, Q
 
+from taskq_project import channels
+
 NOW = (
     "coalesce(nullif(current_setting('taskq.frozen_at', true), '')::timestamptz,"
     " statement_timestamp())"
@@ -75,9 +77,8 @@ Available = Literal["queued", "after_lease", None]
 
 # Capture takes lower numbers first; 0 is the default.
 PRIORITIES = tuple(range(10))
-# The channel of NOTIFY and of long polling's LISTEN (tasks_app.waiting):
-# its payload is the namespace where work may have become capturable.
-WORK_CHANNEL = "taskq_work"
+# The channel of NOTIFY and of long polling's LISTEN.
+WORK_CHANNEL = channels.WORK_CHANNEL
 # How many ended attempts of each task the history keeps, at least.
 HISTORY = 10
 

@@ -29,6 +29,7 @@ from tasks_app.services import (
     apply_operator_action,
     capture_tasks,
     pause_namespace,
+    purge_namespace,
     register_tasks,
     release_tasks,
     resume_namespace,
@@ -284,3 +285,31 @@ def test_a_slot_freed_under_max_in_flight_wakes_a_waiter(servers, token):
     release_tasks(status="done", leases=[Lease(held.id, held.lease_token)])
     assert waiter.result() == ["t2"]
     assert time.monotonic() - freed < 1
+
+
+def test_raising_max_in_flight_wakes_a_waiter(servers, token):
+    make_namespace("ns")
+    change_namespace(namespace_id="ns", settings=Settings(max_in_flight=1))
+    register_tasks(tasks=task("t1") + task("t2"))
+    capture_tasks(namespace_id="ns", limit=1)
+    waiter = Waiting(servers[1], token, wait=10)
+    settle()
+    assert waiter.thread.is_alive()  # the namespace is full
+    raised = time.monotonic()
+    change_namespace(namespace_id="ns", settings=Settings(max_in_flight=2))
+    assert waiter.result() == ["t2"]
+    assert time.monotonic() - raised < 1
+
+
+def test_purging_a_full_namespaces_leases_wakes_a_waiter(servers, token):
+    make_namespace("ns")
+    change_namespace(namespace_id="ns", settings=Settings(max_in_flight=1))
+    register_tasks(tasks=task("t1") + task("t2"))
+    capture_tasks(namespace_id="ns", limit=1)
+    waiter = Waiting(servers[0], token, wait=10)
+    settle()
+    assert waiter.thread.is_alive()
+    purged = time.monotonic()
+    assert purge_namespace(namespace_id="ns", states=["in_progress"]) == {"in_progress": 1}
+    assert waiter.result() == ["t2"]
+    assert time.monotonic() - purged < 1
