@@ -6,7 +6,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from namespaces_app.models import Namespace
 from tasks_app.models import SweepRecord, Throughput, ThroughputTotal
-from tasks_app.services import capture_tasks, pause_namespace, release_tasks
+from tasks_app.services import capture_tasks, pause_namespace, purge_namespace, release_tasks
 from tasks_app.sweeper import RECLAIM_JOB, reclaim_expired_leases
 from tests.factories import make_namespace, make_tasks
 
@@ -159,6 +159,10 @@ def test_counters_keep_their_values_as_the_sweeper_compacts_and_folds_the_log(cl
 
     rows = capture_tasks(namespace_id="ns", limit=1)
     release_tasks(status="done", task_ids=[rows[0].id])
+    assert counters(scrape(client), "ns") == dict(captured=21, done=11, failed=10, expired=0)
+
+    # Deleting the tasks (a purge, the retention) leaves what happened counted.
+    assert purge_namespace(namespace_id="ns", states=["done", "failed_retry"])["done"] == 11
     assert counters(scrape(client), "ns") == dict(captured=21, done=11, failed=10, expired=0)
 
     # A namespace deleted and created again starts from zero.

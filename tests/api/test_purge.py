@@ -104,10 +104,18 @@ def test_a_purged_task_takes_its_attempt_history_with_it(api, namespace):
 def test_purging_leases_frees_the_slots_of_a_capped_namespace(api, namespace):
     Namespace.objects.filter(pk="ns").update(max_in_flight=2)
     make_tasks("ns", 5)
-    assert len(capture_tasks(namespace_id="ns", limit=5)) == 2
+    held = capture_tasks(namespace_id="ns", limit=5)
+    assert len(held) == 2
     assert capture_tasks(namespace_id="ns", limit=5) == []
     assert purge(api, {"states": ["in_progress"]}).json()["deleted"] == 2
     assert len(capture_tasks(namespace_id="ns", limit=5)) == 2
+    # The purged leases' holders find no task to release.
+    r = api.put(
+        "/v1/task/release",
+        {"status": "done", "leases": [{"id": h.id, "lease_token": h.lease_token} for h in held]},
+        format="json",
+    )
+    assert [e["code"] for e in r.json()["errors"]] == ["not_found", "not_found"]
 
 
 def test_purge_deletes_in_batches_of_short_statements(namespace):
