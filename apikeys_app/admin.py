@@ -14,9 +14,11 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
+from django.utils.html import format_html
 
 from apikeys_app import services
-from apikeys_app.models import ApiToken
+from apikeys_app.models import ApiToken, Role
+from taskq_project.admin_site import timestamp
 from taskq_project.ids import id_problem
 
 
@@ -43,7 +45,16 @@ class ApiTokenAddForm(forms.ModelForm):
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    list_display = ["name", "prefix", "role", "scope", "created_at", "last_used_at", "state"]
+    list_display = [
+        "name",
+        "prefix",
+        "role_name",
+        "scope",
+        "created",
+        "last_used",
+        "expires",
+        "state",
+    ]
     list_filter = ["role", ("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["name", "prefix"]
     actions = ["revoke"]
@@ -52,11 +63,34 @@ class ApiTokenAdmin(admin.ModelAdmin):
         "prefix",
         "role",
         "scope",
-        "created_at",
-        "expires_at",
-        "last_used_at",
-        "revoked_at",
+        "created",
+        "expires",
+        "last_used",
+        "revoked",
     ]
+
+    @admin.display(description="role", ordering="role")
+    def role_name(self, token: ApiToken) -> str:
+        # The role's name alone: its description ("worker: also capture and
+        # release") wrapped the column onto four lines. It stays a hover away,
+        # and on the token's page.
+        return format_html('<abbr title="{}">{}</abbr>', Role(token.role).label, token.role)
+
+    @admin.display(description="created at", ordering="created_at")
+    def created(self, token: ApiToken) -> str:
+        return timestamp(token.created_at)
+
+    @admin.display(description="expires at", ordering="expires_at")
+    def expires(self, token: ApiToken) -> str:
+        return timestamp(token.expires_at) if token.expires_at else "never"
+
+    @admin.display(description="last used at", ordering="last_used_at")
+    def last_used(self, token: ApiToken) -> str:
+        return timestamp(token.last_used_at) if token.last_used_at else "never"
+
+    @admin.display(description="revoked at", ordering="revoked_at")
+    def revoked(self, token: ApiToken) -> str:
+        return timestamp(token.revoked_at)
 
     @admin.display(description="namespaces")
     def scope(self, token: ApiToken) -> str:
@@ -65,9 +99,9 @@ class ApiTokenAdmin(admin.ModelAdmin):
     @admin.display(description="state")
     def state(self, token: ApiToken) -> str:
         if not token.is_active:
-            return f"revoked {token.revoked_at:%Y-%m-%d %H:%M}"
+            return format_html("revoked {}", timestamp(token.revoked_at))
         if token.expires_at is not None and token.expires_at <= timezone.now():
-            return f"expired {token.expires_at:%Y-%m-%d %H:%M}"
+            return format_html("expired {}", timestamp(token.expires_at))
         return "active"
 
     @admin.action(description="Revoke selected tokens", permissions=["change"])

@@ -1,5 +1,9 @@
 """Namespaces in the admin: register, change settings, deregister (with their
-tasks), counts."""
+tasks), counts.
+
+`NamespaceAdmin` is registered by tasks_app.admin, as the namespace's page:
+that subclass adds the tasks' figures and the controls over captures, which
+are tasks_app's (namespaces_app never imports tasks_app)."""
 
 from typing import Any
 from urllib.parse import urlencode
@@ -14,6 +18,7 @@ from django.utils.html import format_html
 from namespaces_app import services
 from namespaces_app.models import History, Namespace
 from namespaces_app.services import Backoff, Settings
+from taskq_project.admin_site import timestamp
 from taskq_project.counting import count_or_estimate
 from taskq_project.ids import id_problem
 
@@ -29,7 +34,7 @@ HISTORY_CHOICES = [
     (History.FAILURES.value, "Failures: failed, expired, handed back and cancelled attempts"),
     (History.ALL.value, "All: done attempts too (one more write per release)"),
 ]
-SETTINGS_FIELDS = ["default_timeout", "default_retries", "history"]
+SETTINGS_FIELDS = ["default_timeout", "default_retries", "history", "max_in_flight"]
 BACKOFF_FIELDS: list[str] = ["backoff_base", "backoff_max", "backoff_jitter"]
 
 
@@ -74,6 +79,14 @@ class NamespaceForm(forms.ModelForm):
         label="Backoff jitter",
         help_text="0 to 1: up to this share of each hold is taken off at random, so "
         "tasks that failed together are not retried together. Empty: 0.",
+    )
+    max_in_flight = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=MAX_INT,
+        label="Max in flight",
+        help_text="The most valid leases the namespace's tasks may hold at once; captures "
+        "lease no more. Empty: no limit.",
     )
     # Not given (a form posted with the id alone): the model's default.
     history = forms.TypedChoiceField(
@@ -134,12 +147,12 @@ class NamespaceForm(forms.ModelForm):
         return settings
 
 
-@admin.register(Namespace)
 class NamespaceAdmin(admin.ModelAdmin):
     form = NamespaceForm
     list_display = [
         "id",
-        "created_at",
+        "captures",
+        "created",
         "default_timeout",
         "default_retries",
         "backoff",
@@ -148,9 +161,9 @@ class NamespaceAdmin(admin.ModelAdmin):
         "tasks_link",
     ]
     search_fields = ["id"]
-    readonly_fields = ["created_at"]
+    readonly_fields = ["created"]
     fieldsets = [
-        (None, {"fields": ["id", "created_at"]}),
+        (None, {"fields": ["id", "created"]}),
         (
             "Defaults for new tasks",
             {
@@ -168,7 +181,20 @@ class NamespaceAdmin(admin.ModelAdmin):
             },
         ),
         ("Attempt history", {"fields": ["history"]}),
+        ("Concurrency", {"fields": ["max_in_flight"]}),
     ]
+
+    @admin.display(description="created at", ordering="created_at")
+    def created(self, namespace: Namespace) -> str:
+        return timestamp(namespace.created_at)
+
+    @admin.display(description="captures", ordering="paused_at")
+    def captures(self, namespace: Namespace) -> str:
+        if namespace.paused_at is None:
+            return "running"
+        return format_html(
+            '<strong class="taskq-paused">paused</strong> since {}', timestamp(namespace.paused_at)
+        )
 
     @admin.display(description="backoff")
     def backoff(self, namespace: Namespace) -> str:
@@ -191,7 +217,7 @@ class NamespaceAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Namespace | None = None) -> Any:
         # The id is the primary key: renaming would orphan every task.
-        return ["id", "created_at"] if obj is not None else ["created_at"]
+        return ["id", "created"] if obj is not None else ["created"]
 
     def save_model(
         self, request: HttpRequest, obj: Namespace, form: NamespaceForm, change: bool

@@ -131,8 +131,10 @@ class _CountsSerializer(serializers.Serializer):
 
 
 class _FinishedSerializer(serializers.Serializer):
-    done = serializers.IntegerField()
-    failed = serializers.IntegerField()
+    captured = serializers.IntegerField(help_text="Tasks leased.")
+    done = serializers.IntegerField(help_text="Leases released done (or marked so).")
+    failed = serializers.IntegerField(help_text="Leases released failed (or marked so).")
+    expired = serializers.IntegerField(help_text="Leases that ran out.")
 
 
 class _ThroughputSerializer(serializers.Serializer):
@@ -155,7 +157,9 @@ class NamespaceStatsSerializer(serializers.Serializer):
         allow_null=True, help_text="How long the oldest capturable task has waited; null: none."
     )
     in_flight = serializers.IntegerField(help_text="Valid leases: in progress, not expired.")
-    throughput = _ThroughputSerializer(help_text="Tasks finished, from the release log.")
+    throughput = _ThroughputSerializer(
+        help_text="Tasks captured and leases ended, from the throughput log (to the minute)."
+    )
 
 
 class PurgedSerializer(serializers.Serializer):

@@ -232,6 +232,8 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LANGUAGE_CODE = "en-us"
+# Times to the second with their zone on every page (taskq_project/formats).
+FORMAT_MODULE_PATH = ["taskq_project.formats"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True

@@ -8,7 +8,6 @@ and marked as one, so the page stays fast whatever the table holds.
 
 import json
 import math
-from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -104,6 +103,7 @@ class NamespaceStats:
     failed_per_minute: list[int] = field(default_factory=lambda: [0] * CHART_MINUTES)
     # Paused by an operator: its captures lease nothing until resumed.
     paused: bool = False
+    expired_per_minute: list[int] = field(default_factory=lambda: [0] * CHART_MINUTES)
 
     @property
     def total(self) -> Count:
@@ -136,6 +136,62 @@ class Dashboard:
     chart_start: datetime
     done_per_minute: list[int]
     failed_per_minute: list[int]
+    expired_per_minute: list[int] = field(default_factory=lambda: [0] * CHART_MINUTES)
+
+
+# Leases ended per namespace and minute since %(since)s, from the throughput
+# log: `done` and `failed` releases (a worker's, or an operator's mark), and
+# leases that ran out (`expired`). Events as they happened, not tasks as they
+# are: a task released done and since deleted or requeued still counts, so
+# these are never a part of the Done column. `{namespace}`: empty, or a
+# condition on one namespace.
+ENDED_PER_MINUTE = """
+SELECT namespace_id, date_trunc('minute', at), sum(done), sum(failed), sum(expired)
+FROM tasks_app_throughput
+WHERE at >= %(since)s{namespace}
+GROUP BY 1, 2
+"""
+
+
+@dataclass
+class Ended:
+    """Leases ended per minute over the chart window (CHART_MINUTES, the
+    current minute last), by how they ended."""
+
+    start: datetime
+    done: list[int]
+    failed: list[int]
+    expired: list[int]
+
+    @classmethod
+    def empty(cls, start: datetime) -> "Ended":
+        return cls(start, [0] * CHART_MINUTES, [0] * CHART_MINUTES, [0] * CHART_MINUTES)
+
+    def add(self, minute: datetime, done: int, failed: int, expired: int) -> None:
+        index = int((minute - self.start).total_seconds() // 60)
+        if 0 <= index < CHART_MINUTES:
+            self.done[index] += done
+            self.failed[index] += failed
+            self.expired[index] += expired
+
+
+def _chart_start(now: datetime) -> datetime:
+    return (now - timedelta(minutes=CHART_MINUTES - 1)).replace(second=0, microsecond=0)
+
+
+def namespace_ended(namespace_id: str) -> Ended:
+    """One namespace's leases ended per minute over the chart window."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {NOW}")
+        (now,) = cursor.fetchone()  # type: ignore[misc]
+        ended = Ended.empty(_chart_start(now))
+        cursor.execute(
+            ENDED_PER_MINUTE.format(namespace=" AND namespace_id = %(namespace_id)s"),
+            {"since": ended.start, "namespace_id": namespace_id},
+        )
+        for _, minute, done, failed, expired in cursor.fetchall():
+            ended.add(minute, done, failed, expired)
+    return ended
 
 
 def _estimate(where: str, params: list[Any]) -> int:
@@ -162,35 +218,83 @@ class _Estimator:
             rows = _estimate(f"namespace_id = %s AND {parts.base}", [namespace_id])
         if parts.column is None or parts.condition is None:
             return rows
+        return math.ceil(rows * self._share(category))
+
+    def rows_by_namespace(self, category: str, namespace_ids: list[str]) -> dict[str, int]:
+        """`rows(category, ns)` for every namespace, planned in one statement."""
+        if not namespace_ids:
+            return {}
+        parts = _ESTIMATIONS[category]
+        branch = f"SELECT 1 FROM tasks_app_task WHERE namespace_id = %s AND {parts.base}"
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "EXPLAIN (FORMAT JSON) " + " UNION ALL ".join([branch] * len(namespace_ids)),
+                namespace_ids,
+            )
+            (plan,) = cursor.fetchone()  # type: ignore[misc]
+        if isinstance(plan, str):
+            plan = json.loads(plan)
+        top = plan[0]["Plan"]
+        branches = top["Plans"] if len(namespace_ids) > 1 else [top]
+        share = 1.0 if parts.column is None else self._share(category)
+        return {
+            ns: math.ceil(int(node["Plan Rows"]) * share)
+            for ns, node in zip(namespace_ids, branches, strict=True)
+        }
+
+    def _share(self, category: str) -> float:
+        parts = _ESTIMATIONS[category]
+        if parts.column is None or parts.condition is None:
+            return 1.0
         if category not in self._shares:
             filled = _estimate(f"{parts.column} IS NOT NULL", [])
             self._shares[category] = min(_estimate(parts.condition, []) / max(filled, 1), 1.0)
-        return math.ceil(rows * self._shares[category])
+        return self._shares[category]
 
 
 def _counts(category: str, namespace_ids: list[str], estimator: _Estimator) -> dict[str, Count]:
-    """One category's count per namespace: exact when small, else estimated."""
+    """One category's count per namespace, reading at most EXACT_COUNT_LIMIT
+    index entries however many tasks there are.
+
+    Small overall: one grouped count, exact. Large (a table of millions of
+    done tasks): the namespaces are counted exactly smallest first, by
+    their estimates, as long as the entries read stay within the limit, and
+    the others are the planner's estimates. So the cost of a dashboard or a
+    scrape does not grow with the tasks a namespace keeps, however many
+    namespaces share them.
+    """
     where = _CATEGORY_WHERE[category]
     if estimator.rows(category) <= EXACT_COUNT_LIMIT:
         with connection.cursor() as cursor:
             cursor.execute(COUNT_BY_NAMESPACE.format(where=where))
             return {ns: Count(n) for ns, n in cursor.fetchall()}
-    # Large overall: count namespace by namespace, estimating the large ones.
-    counts: dict[str, Count] = {}
-    scoped = f"namespace_id = %s AND {where}"
-    for namespace_id in namespace_ids:
-        estimate = estimator.rows(category, namespace_id)
-        if estimate > EXACT_COUNT_LIMIT:
-            counts[namespace_id] = Count(estimate, estimated=True)
-            continue
+    estimates = estimator.rows_by_namespace(category, namespace_ids)
+    counted: list[str] = []
+    budget = EXACT_COUNT_LIMIT
+    for namespace_id in sorted(namespace_ids, key=lambda ns: estimates[ns]):
+        if estimates[namespace_id] > budget:
+            break
+        budget -= estimates[namespace_id]
+        counted.append(namespace_id)
+    counts = {
+        ns: Count(estimate, estimated=True)
+        for ns, estimate in estimates.items()
+        if ns not in counted
+    }
+    if counted:
         with connection.cursor() as cursor:
-            cursor.execute(f"SELECT count(*) FROM tasks_app_task WHERE {scoped}", [namespace_id])
-            (value,) = cursor.fetchone()  # type: ignore[misc]
-        counts[namespace_id] = Count(value)
+            cursor.execute(
+                COUNT_BY_NAMESPACE.format(where=f"namespace_id = ANY(%s) AND {where}"), [counted]
+            )
+            exact = dict(cursor.fetchall())
+        counts.update({ns: Count(exact.get(ns, 0)) for ns in counted})
     return counts
 
 
-def build_dashboard() -> Dashboard:
+def build_dashboard(*, chart: bool = True) -> Dashboard:
+    """Every namespace's figures; without `chart`, its per-minute series stay
+    zero and the throughput log is not read (the metrics' counters read it
+    whole instead)."""
     namespaces = list(Namespace.objects.order_by("pk").values_list("pk", "paused_at"))
     namespace_ids = [ns for ns, _ in namespaces]
     stats = {ns: NamespaceStats(ns, paused=paused_at is not None) for ns, paused_at in namespaces}
@@ -208,59 +312,41 @@ def build_dashboard() -> Dashboard:
             if ns in stats and age is not None:
                 stats[ns].oldest_idle_seconds = float(age)
 
-        chart_start = (now - timedelta(minutes=CHART_MINUTES - 1)).replace(second=0, microsecond=0)
-        cursor.execute(
-            """
-            SELECT namespace_id, date_trunc('minute', at), sum(done), sum(failed)
-            FROM tasks_app_throughput
-            WHERE at >= %s
-            GROUP BY 1, 2
-            """,
-            [chart_start],
-        )
-        total_done = [0] * CHART_MINUTES
-        total_failed = [0] * CHART_MINUTES
-        per_ns: dict[str, tuple[list[int], list[int]]] = defaultdict(
-            lambda: ([0] * CHART_MINUTES, [0] * CHART_MINUTES)
-        )
-        for ns, minute, done, failed in cursor.fetchall():
-            index = int((minute - chart_start).total_seconds() // 60)
-            if not 0 <= index < CHART_MINUTES:
-                continue
-            total_done[index] += done
-            total_failed[index] += failed
-            per_ns[ns][0][index] += done
-            per_ns[ns][1][index] += failed
-    for ns, (done_series, failed_series) in per_ns.items():
-        if ns in stats:
-            stats[ns].done_per_minute = done_series
-            stats[ns].failed_per_minute = failed_series
+        total = Ended.empty(_chart_start(now))
+        if chart:
+            cursor.execute(ENDED_PER_MINUTE.format(namespace=""), {"since": total.start})
+        per_ns: dict[str, Ended] = {}
+        for ns, minute, done, failed, expired in cursor.fetchall() if chart else ():
+            total.add(minute, done, failed, expired)
+            if ns in stats:
+                per_ns.setdefault(ns, Ended.empty(total.start)).add(minute, done, failed, expired)
+    for ns, ended in per_ns.items():
+        stats[ns].done_per_minute = ended.done
+        stats[ns].failed_per_minute = ended.failed
+        stats[ns].expired_per_minute = ended.expired
     return Dashboard(
         namespaces=list(stats.values()),
         generated_at=now,
-        chart_start=chart_start,
-        done_per_minute=total_done,
-        failed_per_minute=total_failed,
+        chart_start=total.start,
+        done_per_minute=total.done,
+        failed_per_minute=total.failed,
+        expired_per_minute=total.expired,
     )
 
 
 # The states under the names the API and the metrics give them.
-PUBLIC_STATE = {
-    "idle": "idle",
-    "scheduled": "scheduled",
-    "in_progress": "in_progress",
-    "expired": "lease_expired",
-    "done": "done",
-    "failed_retry": "failed_retry",
-    "failed_for_good": "failed_final",
-}
+PUBLIC_STATE = {category.name: category.public_name for category in lease.CATEGORIES}
 
-# Tasks finished in one namespace since %(since)s, from the throughput log.
-FINISHED_SINCE = """
-SELECT coalesce(sum(done), 0), coalesce(sum(failed), 0)
+# Tasks captured and leases ended in one namespace since %(since)s, from the
+# throughput log (to the minute: the sweeper stamps a compacted minute at its
+# start).
+THROUGHPUT_SINCE = """
+SELECT coalesce(sum(captured), 0), coalesce(sum(done), 0), coalesce(sum(failed), 0),
+       coalesce(sum(expired), 0)
 FROM tasks_app_throughput
 WHERE namespace_id = %(namespace_id)s AND at >= %(since)s
 """
+THROUGHPUT_FIELDS = ("captured", "done", "failed", "expired")
 
 
 @dataclass(frozen=True)
@@ -271,9 +357,9 @@ class NamespaceFigures:
     counts: dict[str, Count]
     oldest_idle_seconds: float | None
     in_flight: int
-    # (done, failed) over the last 5 and the last 60 minutes.
-    finished_5_minutes: tuple[int, int]
-    finished_60_minutes: tuple[int, int]
+    # THROUGHPUT_FIELDS over the last 5 and the last 60 minutes.
+    throughput_5_minutes: dict[str, int]
+    throughput_60_minutes: dict[str, int]
 
 
 def namespace_figures(namespace_id: str) -> NamespaceFigures | None:
@@ -304,16 +390,18 @@ def namespace_figures(namespace_id: str) -> NamespaceFigures | None:
         (in_flight,) = cursor.fetchone()  # type: ignore[misc]
         cursor.execute(f"SELECT {NOW}")
         (now,) = cursor.fetchone()  # type: ignore[misc]
-        finished = []
+        throughput = []
         for minutes in (5, 60):
             since = now - timedelta(minutes=minutes)
-            cursor.execute(FINISHED_SINCE, {"namespace_id": namespace_id, "since": since})
-            finished.append(tuple(cursor.fetchone()))  # type: ignore[arg-type]
+            cursor.execute(THROUGHPUT_SINCE, {"namespace_id": namespace_id, "since": since})
+            row = cursor.fetchone()
+            assert row is not None
+            throughput.append(dict(zip(THROUGHPUT_FIELDS, row, strict=True)))
     return NamespaceFigures(
         namespace=namespace,
         counts=counts,
         oldest_idle_seconds=None if age is None else float(age),
         in_flight=in_flight,
-        finished_5_minutes=finished[0],
-        finished_60_minutes=finished[1],
+        throughput_5_minutes=throughput[0],
+        throughput_60_minutes=throughput[1],
     )

@@ -29,7 +29,7 @@ class TaskqCollector(Collector):
     """The gauges of every namespace, read when collected."""
 
     def collect(self) -> Iterator[Any]:
-        dashboard = build_dashboard()
+        dashboard = build_dashboard(chart=False)
         # The dashboard knows which are paused; only the caps are read here.
         limited: dict[str, int] = {
             ns: cap

@@ -12,6 +12,7 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from namespaces_app.serializers import NumberField
 from taskq_project.api import IdField, StrictIntegerField, StrictSerializer
 from tasks_app import lease
 from tasks_app.models import (
@@ -384,7 +385,7 @@ class PurgeSerializer(StrictSerializer):
         min_length=1,
         help_text='The states whose tasks are deleted, e.g. ["done", "failed_final"].',
     )
-    older_than = serializers.FloatField(
+    older_than = NumberField(
         min_value=0,
         max_value=MAX_PURGE_AGE_SECONDS,
         required=False,

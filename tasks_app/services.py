@@ -8,18 +8,19 @@ database clock.
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, NamedTuple, TypeVar
 
 import orjson
 from django.db import connection, transaction
-from django.db.models import QuerySet
+from django.db.models import DateTimeField, ExpressionWrapper, QuerySet, Value
 from django.db.models.functions import Now
 
 from namespaces_app.exceptions import NamespaceNotFound
 from namespaces_app.models import Namespace
 from namespaces_app.services import Scope, in_scope
+from taskq_project.counting import count_or_estimate
 from tasks_app import lease, waiting
 from tasks_app.exceptions import TaskAlreadyExists, TaskNotFound, UnknownNamespaceForTask
 from tasks_app.models import (
@@ -308,6 +309,24 @@ def purge_namespace(
     if deleted.get("in_progress"):
         waiting.notify([namespace_id])
     return deleted
+
+
+def purge_preview(
+    *, namespace_id: str, states: Sequence[str], older_than: float | None = None
+) -> dict[str, tuple[int, bool]]:
+    """How many tasks `purge_namespace` with these arguments would delete now,
+    per state: (count, estimated), the planner's estimate for a large one."""
+    tasks = Task.objects.filter(namespace_id=namespace_id)
+    if older_than is not None:
+        cutoff = ExpressionWrapper(
+            lease.LeaseClock() - Value(timedelta(seconds=older_than)),
+            output_field=DateTimeField(),
+        )
+        tasks = tasks.filter(updated_at__lt=cutoff)
+    return {
+        state: count_or_estimate(tasks.filter(lease.PUBLIC_CATEGORY[state].q))
+        for state in dict.fromkeys(states)
+    }
 
 
 def _capture_limited(namespace_id: str, limit: int, holder: str | None) -> list[LeaseRow]:

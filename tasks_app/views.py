@@ -236,11 +236,6 @@ def _render_error(error: services.ReleaseError) -> dict[str, str]:
     return {"id": error.id, "code": str(error.code), "detail": error.detail}
 
 
-def _finished(counts: tuple[int, int]) -> dict[str, int]:
-    done, failed = counts
-    return {"done": done, "failed": failed}
-
-
 def render_figures(figures: NamespaceFigures) -> dict[str, Any]:
     counts = figures.counts
     return {
@@ -252,12 +247,8 @@ def render_figures(figures: NamespaceFigures) -> dict[str, Any]:
         "oldest_idle_age_seconds": figures.oldest_idle_seconds,
         "in_flight": figures.in_flight,
         "throughput": {
-            "last_5_minutes": dict(
-                zip(("done", "failed"), figures.finished_5_minutes, strict=True)
-            ),
-            "last_60_minutes": dict(
-                zip(("done", "failed"), figures.finished_60_minutes, strict=True)
-            ),
+            "last_5_minutes": figures.throughput_5_minutes,
+            "last_60_minutes": figures.throughput_60_minutes,
         },
     }
 

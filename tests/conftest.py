@@ -13,6 +13,7 @@ from tests.factories import make_namespace
 # fixture starts once. The other tests go out to the workers one at a time.
 ONE_WORKER_MODULES = {
     "tests/browser/test_admin_dashboard.py": "browser",
+    "tests/browser/test_admin_namespace_page.py": "browser",
     "tests/browser/test_admin_work_fields.py": "browser",
     "tests/client/test_cli_live.py": "client_cli",
     "tests/client/test_client_live.py": "client",

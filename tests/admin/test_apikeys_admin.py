@@ -83,3 +83,51 @@ def test_revoking_a_token_from_the_admin(admin_client, token):
     r = admin_client.post(URL, {"action": "revoke", "_selected_action": [target.pk]}, follow=True)
     assert "Revoked 1 token(s)." in r.content.decode()
     assert api.get("/v1/namespace").status_code == 401
+
+
+def test_the_token_list_names_the_role_in_a_word_and_dates_to_the_second(admin_client, token):
+    target = ApiToken.objects.get()
+    html = admin_client.get(URL).content.decode()
+    role = re.search(r'<td class="field-role_name">(.*?)</td>', html, re.S)
+    # The role's description, which wrapped the column, is its title.
+    assert (
+        role and role.group(1) == '<abbr title="operator: also register and delete">operator</abbr>'
+    )
+    created = re.search(r'<td class="field-created">(.*?)</td>', html, re.S)
+    assert created and target.created_at.strftime("%Y-%m-%d %H:%M:%S") + "\xa0UTC" in created[1]
+    assert '<td class="field-last_used">never</td>' in html
+    assert '<td class="field-expires">never</td>' in html
+    assert '<td class="field-state">active</td>' in html
+
+
+def test_a_revoked_token_says_when_to_the_second(admin_client, token):
+    target = ApiToken.objects.get()
+    admin_client.post(URL, {"action": "revoke", "_selected_action": [target.pk]})
+    target.refresh_from_db()
+    assert target.revoked_at is not None
+    html = admin_client.get(URL).content.decode()
+    when = target.revoked_at.strftime("%Y-%m-%d %H:%M:%S")
+    assert re.search(rf'<td class="field-state">revoked <time datetime="[^"]+">{when}\xa0UTC', html)
+    page = admin_client.get(f"{URL}{target.pk}/change/").content.decode()
+    assert f"{when}\xa0UTC" in page
+
+
+def test_djangos_own_pages_show_times_to_the_second_with_their_zone(admin_client, admin_user):
+    from datetime import UTC, datetime
+
+    from django.contrib.admin.models import CHANGE, LogEntry
+    from django.contrib.contenttypes.models import ContentType
+
+    entry = LogEntry.objects.create(
+        user=admin_user,
+        content_type=ContentType.objects.get_for_model(admin_user),
+        object_id=str(admin_user.pk),
+        object_repr=str(admin_user),
+        action_flag=CHANGE,
+        change_message="Changed nothing.",
+    )
+    LogEntry.objects.filter(pk=entry.pk).update(
+        action_time=datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+    )
+    page = admin_client.get(f"/admin/auth/user/{admin_user.pk}/history/").content.decode()
+    assert "2026-03-04 05:06:07 UTC" in page

@@ -1,5 +1,7 @@
 """The task admin: list, filters, search, read-only form, actions and permissions."""
 
+import re
+
 import pytest
 from django.contrib.admin.models import LogEntry
 from django.test import Client
@@ -10,6 +12,9 @@ from tests.admin.conftest import save_buttons, staff_with
 from tests.factories import age_task, make_namespace, make_task, make_tasks, task_state
 
 URL = "/admin/tasks_app/task/"
+# Every time the admin shows: to the second, with its zone, which a no-break
+# space joins to it.
+TIMESTAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\xa0UTC"
 
 
 @pytest.fixture
@@ -45,10 +50,79 @@ def test_task_list_shows_the_operator_columns(admin_client, tasks):
     r = admin_client.get(URL)
     assert r.status_code == 200
     html = r.content.decode()
-    for header in ("Id", "Namespace", "Status", "Retries left", "Timeout", "Updated at"):
+    for header in ("Id", "Namespace", "Status", "Retries left", "Attempt", "Updated at"):
         assert header in html
-    assert "Lease expiry" in html
-    assert "expired" in html  # the late task's lease is marked
+    assert "Available at / lease end" in html
+    assert '<strong class="taskq-expired">expired</strong>' in html  # the late task's lease
+
+
+def row_of(html: str, task_id: str) -> str:
+    found = re.search(
+        rf"<tr>(?:(?!</tr>).)*/task/{task_id}/change/(?:(?!</tr>).)*</tr>", html, re.S
+    )
+    assert found, f"no row for {task_id}"
+    return found.group(0)
+
+
+def status_of(html: str, task_id: str) -> str:
+    found = re.search(r'<td class="field-state">(.*?)</td>', row_of(html, task_id), re.S)
+    assert found
+    return re.sub(r"<[^>]+>", "", found.group(1)).strip()
+
+
+def test_the_status_column_tells_retryable_failures_from_final_ones(admin_client, tasks):
+    make_task("will-retry", "ns", status="failed", retries_left=2)
+    html = admin_client.get(URL).content.decode()
+    assert status_of(html, "will-retry") == "Failed, will retry"
+    assert status_of(html, "final000000") == "Failed for good"
+    assert status_of(html, "late") == "Lease expired"
+    assert status_of(html, "leased") == "In progress"
+    assert 'class="taskq-state state-failed_for_good"' in row_of(html, "final000000")
+
+
+def test_the_list_shows_times_to_the_second_with_their_zone(admin_client, tasks):
+    html = admin_client.get(URL).content.decode()
+    late = Task.objects.get(pk="late")
+    row = row_of(html, "late")
+    assert late.updated_at.strftime("%Y-%m-%d %H:%M:%S") + "\xa0UTC" in row
+    assert late.lease_expires_at is not None
+    assert late.lease_expires_at.strftime("%Y-%m-%d %H:%M:%S") + "\xa0UTC" in row
+    assert len(re.findall(TIMESTAMP, row)) == 2
+    assert not re.search(r"[ap]\.m\.", html)
+
+
+def test_the_task_page_shows_times_to_the_second_with_their_zone(admin_client, tasks):
+    html = admin_client.get(f"{URL}late/change/").content.decode()
+    for field in ("created", "updated", "turn", "lease_started", "lease_expiry"):
+        cell = re.search(rf'<div class="form-row field-{field}">(.*?)</div>\s*</div>', html, re.S)
+        assert cell, field
+        assert re.search(TIMESTAMP, cell.group(1)), field
+    assert not re.search(r"[ap]\.m\.", html)
+
+
+def test_the_task_page_shows_the_lease_holder_and_expiry(admin_client, db):
+    make_namespace("ns")
+    make_task("held", "ns")
+    make_task("free", "ns")
+    (lease,) = capture_tasks(namespace_id="ns", limit=1, holder="worker-7")
+    assert lease.id == "held"
+    html = admin_client.get(f"{URL}held/change/").content.decode()
+    holder = re.search(r'field-lease_holder">.*?<div class="readonly">(.*?)</div>', html, re.S)
+    assert holder and holder.group(1) == "worker-7"
+    assert lease.lease_expires_at is not None
+    assert lease.lease_expires_at.strftime("%Y-%m-%d %H:%M:%S") in html
+    html = admin_client.get(f"{URL}free/change/").content.decode()
+    holder = re.search(r'field-lease_holder">.*?<div class="readonly">(.*?)</div>', html, re.S)
+    assert holder and holder.group(1) == "— (no lease)"
+
+
+def test_the_attempts_say_when_the_lease_in_progress_has_expired(admin_client, tasks):
+    html = admin_client.get(f"{URL}late/change/").content.decode()
+    table = re.search(r'<table class="taskq-attempts">(.*?)</table>', html, re.S)
+    assert table and "lease expired" in table.group(1)
+    html = admin_client.get(f"{URL}leased/change/").content.decode()
+    table = re.search(r'<table class="taskq-attempts">(.*?)</table>', html, re.S)
+    assert table and "in progress" in table.group(1)
 
 
 @pytest.mark.parametrize(
@@ -144,6 +218,27 @@ def test_mark_done_on_a_selection_reports_changed_and_skipped(admin_client, task
     assert task_state("late")["status"] == "done"
     entry = LogEntry.objects.latest("action_time")
     assert "Mark done: 1 changed, 2 skipped" in entry.change_message
+    assert "of 3 selected tasks" in entry.change_message
+
+
+def test_recent_actions_show_how_many_tasks_changed_not_how_many_were_selected(admin_client, tasks):
+    post_action(admin_client, "mark_done", ["idle000001", "idle000000", "late"])
+    entry = LogEntry.objects.get()
+    assert entry.object_repr == "Mark done 1 task, 2 skipped"
+    # The home page's "Recent actions" shows the repr.
+    assert "Mark done 1 task, 2 skipped" in admin_client.get("/admin/").content.decode()
+
+
+def test_the_log_of_an_action_on_everything_matching_counts_what_changed(admin_client, tasks):
+    make_task("done-already", "ns", status="done")
+    query = "?namespace__id__exact=ns&state=failed_for_good"
+    post_action(
+        admin_client, "requeue", ["final000000"], query=query, select_across=True, confirm="yes"
+    )
+    entry = LogEntry.objects.get()
+    assert entry.object_repr == "Requeue 4 tasks"
+    assert "Requeue: 4 changed, of every task matching the filter" in entry.change_message
+    assert "state=failed_for_good" in entry.change_message
 
 
 def test_cancel_lease_from_the_admin(admin_client, tasks):
@@ -243,3 +338,9 @@ def test_the_admin_never_shows_a_lease_token(admin_client, db):
         assert page.status_code == 200
         assert leased.lease_token not in page.content.decode()
     assert "Attempt" in pages[1].content.decode()
+
+
+def test_the_task_page_marks_what_is_missing_with_one_dash(admin_client, tasks):
+    html = admin_client.get(f"{URL}idle000001/change/").content.decode()
+    result = re.search(r'field-result_json">.*?<div class="readonly">(.*?)</div>', html, re.S)
+    assert result and result.group(1) == "—"

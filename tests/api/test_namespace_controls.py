@@ -5,6 +5,7 @@ from rest_framework.test import APIClient
 
 from apikeys_app.services import create_token
 from tasks_app.models import Task
+from tasks_app.sweeper import reclaim_expired_leases
 from tests.factories import make_tasks
 
 pytestmark = pytest.mark.django_db
@@ -178,8 +179,16 @@ def test_stats_count_every_state_and_the_leases_in_flight(api, namespace, clock)
     # clock exactly three seconds ago.
     assert body["oldest_idle_age_seconds"] == 3.0
     assert body["throughput"] == {
-        "last_5_minutes": {"done": 1, "failed": 0},
-        "last_60_minutes": {"done": 1, "failed": 0},
+        "last_5_minutes": {"captured": 4, "done": 1, "failed": 0, "expired": 0},
+        "last_60_minutes": {"captured": 4, "done": 1, "failed": 0, "expired": 0},
+    }
+
+    # Past five minutes, with every lease expired and reclaimed.
+    clock.advance(400)
+    reclaim_expired_leases()
+    assert api.get("/v1/namespace/ns/stats").json()["throughput"] == {
+        "last_5_minutes": {"captured": 0, "done": 0, "failed": 0, "expired": 3},
+        "last_60_minutes": {"captured": 4, "done": 1, "failed": 0, "expired": 3},
     }
 
 

@@ -152,6 +152,8 @@ def test_purge_passes_over_a_task_being_changed_instead_of_waiting(namespace):
         ({"states": ["done", "finished"]}, "states"),
         ({"states": ["done"], "older_than": -1}, "older_than"),
         ({"states": ["done"], "older_than": "yesterday"}, "older_than"),
+        ({"states": ["done"], "older_than": "60"}, "older_than"),
+        ({"states": ["done"], "older_than": False}, "older_than"),
         ({"states": ["done"], "force": True}, "force"),
     ],
 )

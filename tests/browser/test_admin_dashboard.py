@@ -198,8 +198,10 @@ def test_operator_requeues_failed_tasks_and_the_dashboard_follows(
     assert console_errors(browser) == []
     assert browser.save_screenshot(str(screenshot_dir / "dashboard.png"))
 
-    # To the namespace's tasks, then the failed ones through the sidebar.
+    # To the namespace's page, its tasks, then the failed ones through the sidebar.
     wait_for(browser, lambda b: click(dashboard_row(b), By.LINK_TEXT, NAMESPACE), "namespace link")
+    wait_for(browser, lambda b: b.find_element(By.ID, "taskq-namespace"), "namespace page")
+    browser.find_element(By.LINK_TEXT, "View its tasks").click()
     wait_for(
         browser,
         lambda b: b.find_elements(By.CSS_SELECTOR, "#result_list tbody tr"),

@@ -18,6 +18,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 
 from namespaces_app.services import Settings, register_namespace
+from tasks_app.models import Task
 from tasks_app.services import Lease, NewTask, Outcome, capture_tasks, register_tasks, release_tasks
 from tests.browser.waits import wait_for
 from tests.factories import make_namespace, make_tasks
@@ -84,6 +85,12 @@ def console_errors(browser: Chrome) -> list[str]:
         for entry in browser.get_log("browser")
         if entry["level"] == "SEVERE" and "favicon.ico" not in entry["message"]
     ]
+
+
+def field(browser: Chrome, name: str) -> str:
+    """What a task's page shows for one of its fields."""
+    row = browser.find_element(By.CSS_SELECTOR, f".field-{name} .readonly")
+    return " ".join(row.text.split())
 
 
 def delayed(count: int, *, prefix: str) -> None:
@@ -163,6 +170,13 @@ def test_the_task_page_shows_the_payload_and_the_attempts(
     ]
     assert cells[1][2] != "—"
     assert json.loads(cells[1][4]) == {"message": "card declined", "retryable": True}
+    # The lease in progress: who holds it and until when, to the second.
+    assert field(browser, "state") == "In progress"
+    assert field(browser, "lease_holder") == "worker-b"
+    second = Task.objects.get(pk="order-1042")
+    assert second.lease_expires_at is not None
+    expiry = second.lease_expires_at.strftime("%Y-%m-%d %H:%M:%S")
+    assert field(browser, "lease_expiry") == f"{expiry} UTC"
     assert console_errors(browser) == []
 
     size = browser.get_window_size()

@@ -305,8 +305,8 @@ def test_the_task_page_lists_the_attempts_newest_first(admin_client, worked):
     ]
     assert rows[0][4] == '{ "ok": true, "rows": 2 }'
     assert rows[1][4] == '{ "code": 7, "message": "<b>boom</b>" }'
-    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", r[1]) for r in rows)
-    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", r[2]) for r in rows)
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", r[1]) for r in rows)
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", r[2]) for r in rows)
 
 
 def test_the_lease_in_progress_heads_the_attempts(admin_client, worked):
@@ -381,6 +381,7 @@ def form_data(**changes: object) -> dict[str, object]:
         "backoff_max": "",
         "backoff_jitter": "",
         "history": "failures",
+        "max_in_flight": "",
     }
     return {**data, **changes}
 
@@ -392,6 +393,7 @@ SETTING_COLUMNS = (
     "backoff_max",
     "backoff_jitter",
     "history",
+    "max_in_flight",
 )
 
 
@@ -425,7 +427,9 @@ def test_the_namespace_page_changes_the_settings(admin_client, db):
     data = form_data(
         default_timeout="90", default_retries="0", backoff_base="1.5", backoff_jitter="0.5"
     )
-    response = admin_client.post(f"{NAMESPACES}ns/change/", {**data, "history": "all"})
+    response = admin_client.post(
+        f"{NAMESPACES}ns/change/", {**data, "history": "all", "max_in_flight": "4"}
+    )
     assert response.status_code == 302, response.content.decode()
     assert settings_of("ns") == {
         "default_timeout": 90,
@@ -435,6 +439,7 @@ def test_the_namespace_page_changes_the_settings(admin_client, db):
         "backoff_max": 3600.0,
         "backoff_jitter": 0.5,
         "history": "all",
+        "max_in_flight": 4,
     }
     # Cleared again: back to the product's defaults, no backoff.
     response = admin_client.post(f"{NAMESPACES}ns/change/", form_data())
@@ -446,6 +451,7 @@ def test_the_namespace_page_changes_the_settings(admin_client, db):
         "backoff_max": None,
         "backoff_jitter": 0.0,
         "history": "failures",
+        "max_in_flight": None,
     }
 
 
@@ -461,7 +467,11 @@ def test_the_settings_apply_to_tasks_registered_next(admin_client, db):
 def test_a_namespace_registered_from_the_admin_takes_its_settings(admin_client, db):
     response = admin_client.post(
         f"{NAMESPACES}add/",
-        {**form_data(default_timeout="30", backoff_base="5", backoff_max="60"), "id": "new"},
+        {
+            **form_data(default_timeout="30", backoff_base="5", backoff_max="60"),
+            "max_in_flight": "2",
+            "id": "new",
+        },
     )
     assert response.status_code == 302, response.content.decode()
     assert settings_of("new") == {
@@ -471,6 +481,7 @@ def test_a_namespace_registered_from_the_admin_takes_its_settings(admin_client, 
         "backoff_max": 60.0,
         "backoff_jitter": 0.0,
         "history": "failures",
+        "max_in_flight": 2,
     }
 
 
@@ -510,6 +521,7 @@ def test_the_namespace_page_shows_the_settings_for_editing(admin_client, db):
             "greater than or equal",
         ),
         ({"history": "everything"}, "history", "Select a valid choice"),
+        ({"max_in_flight": "0"}, "max_in_flight", "greater than or equal to 1"),
     ],
 )
 def test_the_namespace_settings_form_refuses_what_the_api_refuses(
@@ -543,7 +555,7 @@ def test_the_form_bounds_are_the_apis():
     api = namespace_serializers.NamespaceSettingsSerializer().fields
     backoff = namespace_serializers.BackoffSerializer().fields
     form = namespace_admin.NamespaceForm.base_fields
-    for name in ("default_timeout", "default_retries"):
+    for name in ("default_timeout", "default_retries", "max_in_flight"):
         assert bounds(form[name]) == bounds(api[name])
     for name, api_name in (
         ("backoff_base", "base"),
