@@ -150,6 +150,7 @@ def test_namespaces(taskq: Taskq) -> None:
     assert stats.returncode == 0, stats.stderr
     assert json.loads(stats.stdout)["counts"]["idle"] == 1
     assert "idle:" in shown.stdout and "last_5_minutes:" in shown.stdout, shown.stdout
+    assert "0 captured, 0 done, 0 failed, 0 expired" in shown.stdout, shown.stdout
     assert unknown_stats.returncode == 3
 
     assert taskq("ns", "rm", "Images").returncode == 0

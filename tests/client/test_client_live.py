@@ -90,7 +90,12 @@ def test_a_paused_namespace_captures_nothing_until_resumed(client: Client):
     stats = client.namespace_stats("ns")
     assert stats is not None
     assert (stats.in_flight, stats.counts["in_progress"], stats.counts["idle"]) == (2, 2, 1)
-    assert stats.throughput["last_5_minutes"] == {"done": 0, "failed": 0}
+    assert stats.throughput["last_5_minutes"] == {
+        "captured": 2,
+        "done": 0,
+        "failed": 0,
+        "expired": 0,
+    }
     assert client.namespace_stats("nope") is None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 import unicodedata
@@ -73,7 +74,8 @@ class Progress:
         except (AttributeError, ValueError):
             self.enabled = False
         self.interval = interval
-        self._last = 0.0
+        # Never drawn: the first update draws (monotonic time may be small).
+        self._last = -math.inf
         self._shown = False
         # A worker's threads all report to the one line.
         self._lock = threading.Lock()
@@ -98,7 +100,8 @@ class Progress:
                 self.stream.write("\r\x1b[K")
                 self.stream.flush()
                 self._shown = False
-                self._last = 0.0
+                # Never drawn: the first update draws (monotonic time may be small).
+        self._last = -math.inf
 
     def close(self, text: str | None = None) -> None:
         """End the line (with a last `text`), so that what follows starts clean."""

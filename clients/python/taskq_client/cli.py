@@ -424,6 +424,10 @@ def ns_rm(client: Client, args: argparse.Namespace) -> int:
     return OK
 
 
+# The throughput figures of a namespace's stats, in the order shown.
+THROUGHPUT = ("captured", "done", "failed", "expired")
+
+
 def ns_stats(client: Client, args: argparse.Namespace) -> int:
     stats = client.namespace_stats(args.id)
     if stats is None:
@@ -442,9 +446,9 @@ def ns_stats(client: Client, args: argparse.Namespace) -> int:
         ("in_flight", stats.in_flight),
         ("oldest_idle_age_seconds", stats.oldest_idle_age_seconds),
     ]
-    for window, finished in stats.throughput.items():
+    for window, figures in stats.throughput.items():
         pairs.append(
-            (window, f"{finished.get('done', 0)} done, {finished.get('failed', 0)} failed")
+            (window, ", ".join(f"{figures[name]} {name}" for name in THROUGHPUT if name in figures))
         )
     emit(fields(pairs))
     return OK
