@@ -153,6 +153,21 @@ def test_namespaces(taskq: Taskq) -> None:
     assert "0 captured, 0 done, 0 failed, 0 expired" in shown.stdout, shown.stdout
     assert unknown_stats.returncode == 3
 
+    make_task("finished", namespace_id="Images", status="done")
+    purged, shown_purge, bad_state = taskq.many(
+        ["ns", "purge", "Images", "done", "failed_final", "--json"],
+        ["ns", "purge", "Images", "idle", "--older-than", "3600"],
+        ["ns", "purge", "Images", "finished"],
+    )
+    assert purged.returncode == 0, purged.stderr
+    assert json.loads(purged.stdout) == {
+        "id": "Images",
+        "deleted": 1,
+        "by_state": {"done": 1, "failed_final": 0},
+    }
+    assert shown_purge.stdout.split() == ["deleted:", "0", "idle:", "0"]
+    assert bad_state.returncode == 2 and "invalid choice" in bad_state.stderr
+
     assert taskq("ns", "rm", "Images").returncode == 0
     assert not Namespace.objects.exists()
     assert taskq("ns", "rm", "Images").returncode == 3

@@ -99,6 +99,19 @@ def test_a_paused_namespace_captures_nothing_until_resumed(client: Client):
     assert client.namespace_stats("nope") is None
 
 
+def test_a_purge_deletes_the_states_named(client: Client):
+    client.create_namespace("ns")
+    client.register_tasks([NewTask(id=f"t{n}", namespace_id="ns") for n in range(4)])
+    client.release(client.capture("ns", limit=3), "done")
+    assert client.purge_namespace("ns", ["done"], older_than=3600) == {"done": 0}
+    assert client.purge_namespace("ns", ["done", "failed_final"]) == {"done": 3, "failed_final": 0}
+    assert [task.id for task in client.list_tasks("ns")] == ["t3"]
+    with pytest.raises(NotFound):
+        client.purge_namespace("nope", ["done"])
+    with pytest.raises(BadRequest, match="states"):
+        client.purge_namespace("ns", ["finished"])
+
+
 def test_tasks_round_trip(client: Client):
     client.create_namespace("ns")
     task = client.register_task(
@@ -203,6 +216,7 @@ def test_the_async_client_round_trip(url: str, db: None):
             leases = await client.capture("ns", limit=3)
             result = await client.release(leases, "done")
             assert await client.get_task("nope") is None
+            assert await client.purge_namespace("ns", ["done"]) == {"done": 3}
             return ids, ",".join(t.status for t in result.released)
 
     ids, statuses = asyncio.run(scenario())

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, quote, urlsplit
@@ -195,6 +195,19 @@ def pause_namespace(namespace_id: str) -> Call:
 
 def resume_namespace(namespace_id: str) -> Call:
     return Call("POST", f"v1/namespace/{path_id(namespace_id)}/resume", Safety.IDEMPOTENT)
+
+
+def purge_namespace(namespace_id: str, states: Sequence[str], older_than: float | None) -> Call:
+    body: dict[str, Any] = {"states": list(states)}
+    if older_than is not None:
+        body["older_than"] = older_than
+    # Sent again, it deletes what still matches: what the first one asked.
+    return Call("POST", f"v1/namespace/{path_id(namespace_id)}/purge", Safety.IDEMPOTENT, body=body)
+
+
+def purged(sent: Sent) -> dict[str, int]:
+    """A purge's answer: tasks deleted per state."""
+    return {str(state): int(n) for state, n in json_of(sent)["by_state"].items()}
 
 
 def delete_namespace(namespace_id: str) -> Call:

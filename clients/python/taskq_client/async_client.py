@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -174,6 +174,15 @@ class AsyncClient:
         """Let the namespace's captures lease again. NotFound if unknown."""
         body = _core.json_of(await self._send(_core.resume_namespace(id)))
         return Namespace.from_json(body)
+
+    async def purge_namespace(
+        self, id: str, states: Sequence[str], *, older_than: float | None = None
+    ) -> dict[str, int]:
+        """Delete the namespace's tasks in `states` ("done", "failed_final",
+        ...), last changed more than `older_than` seconds ago when given;
+        returns how many were deleted per state. Operator role. NotFound if
+        unknown."""
+        return _core.purged(await self._send(_core.purge_namespace(id, states, older_than)))
 
     async def delete_namespace(self, id: str) -> None:
         """Deregister the namespace and all its tasks. NotFound if unknown."""

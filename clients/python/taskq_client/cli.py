@@ -424,6 +424,16 @@ def ns_rm(client: Client, args: argparse.Namespace) -> int:
     return OK
 
 
+# The states a purge takes, as the API names them.
+PURGE_STATES = (
+    "idle",
+    "scheduled",
+    "in_progress",
+    "lease_expired",
+    "done",
+    "failed_retry",
+    "failed_final",
+)
 # The throughput figures of a namespace's stats, in the order shown.
 THROUGHPUT = ("captured", "done", "failed", "expired")
 
@@ -463,6 +473,15 @@ def ns_pause(client: Client, args: argparse.Namespace) -> int:
 def ns_resume(client: Client, args: argparse.Namespace) -> int:
     namespace = client.resume_namespace(args.id)
     emit_json(namespace.raw) if args.json else emit(namespace_fields(namespace))
+    return OK
+
+
+def ns_purge(client: Client, args: argparse.Namespace) -> int:
+    deleted = client.purge_namespace(args.id, args.states, older_than=args.older_than)
+    if args.json:
+        emit_json({"id": args.id, "deleted": sum(deleted.values()), "by_state": deleted})
+    else:
+        emit(fields([("deleted", sum(deleted.values())), *deleted.items()]))
     return OK
 
 
@@ -940,7 +959,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return sub.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
 
-    ns = branch("ns", "namespaces: list, register, show, change, delete, pause, resume, stats")
+    ns = branch(
+        "ns", "namespaces: list, register, show, change, delete, pause, resume, stats, purge"
+    )
     leaf(ns, "ls", ns_ls, "list the namespaces")
     p = leaf(
         ns,
@@ -978,6 +999,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", metavar="ID")
     p = leaf(ns, "resume", ns_resume, "let a paused namespace's captures lease again")
     p.add_argument("id", metavar="ID")
+    p = leaf(
+        ns,
+        "purge",
+        ns_purge,
+        "delete a namespace's tasks by state (operator role)",
+        "Delete the namespace's tasks in the states given (idle, scheduled, in_progress, "
+        "lease_expired, done, failed_retry, failed_final), with their attempt history, in "
+        "short batches on the server; prints how many went, per state:\n"
+        "  taskq ns purge Images done failed_final --older-than 86400",
+    )
+    p.add_argument("id", metavar="ID")
+    p.add_argument("states", nargs="+", choices=PURGE_STATES, metavar="STATE")
+    p.add_argument(
+        "--older-than",
+        type=float,
+        metavar="SECONDS",
+        help="only tasks last changed more than this many seconds ago",
+    )
     p = leaf(
         ns,
         "stats",

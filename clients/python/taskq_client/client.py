@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -171,6 +171,15 @@ class Client:
         """Let the namespace's captures lease again. NotFound if unknown."""
         body = _core.json_of(self._send(_core.resume_namespace(id)))
         return Namespace.from_json(body)
+
+    def purge_namespace(
+        self, id: str, states: Sequence[str], *, older_than: float | None = None
+    ) -> dict[str, int]:
+        """Delete the namespace's tasks in `states` ("done", "failed_final",
+        ...), last changed more than `older_than` seconds ago when given;
+        returns how many were deleted per state. Operator role. NotFound if
+        unknown."""
+        return _core.purged(self._send(_core.purge_namespace(id, states, older_than)))
 
     def delete_namespace(self, id: str) -> None:
         """Deregister the namespace and all its tasks. NotFound if unknown."""
