@@ -9,7 +9,7 @@ PORT ?= 8000
 
 export PORT
 
-.PHONY: run stop test test-pgbouncer fuzz faults bench bench-smoke setup migrate static lint format db-stop clean
+.PHONY: run stop cluster cluster-stop test test-pgbouncer fuzz faults bench bench-smoke setup migrate static lint format db-stop clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,15 @@ run: migrate static
 # The standard library only: stopping never waits for (or needs) the virtualenv.
 stop:
 	$(PYTHON) scripts/supervisor.py stop
+
+# The multi-server layout on this machine (scripts/cluster.py): PgBouncer in
+# front of PostgreSQL, three app servers behind HAProxy on $(PORT), the
+# Celery worker and beat on Redis. Ctrl-C or `make cluster-stop` stops it all.
+cluster: migrate static
+	exec $(PY) scripts/cluster.py run --watch-parent
+
+cluster-stop:
+	$(PYTHON) scripts/cluster.py stop
 
 # Spread over the machine's cores by pytest-xdist (a worker per core and one
 # more), each worker on a test database of its own. The slow tests start first, and the tests that share a

@@ -39,7 +39,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,12 @@ GRACE_SECONDS = 6.0
 # After SIGKILL, how long to wait for the kernel to reap before reporting.
 KILL_WAIT_SECONDS = 3.0
 POLL_SECONDS = 0.2
+# TASKQ_SUPERVISOR_RESTART=1 (`make cluster`): a process that exits is started
+# again after RESTART_DELAY, as systemd would, rather than stop the stack;
+# one that exits more than RESTART_LIMIT times a minute stops it after all.
+RESTART = os.environ.get("TASKQ_SUPERVISOR_RESTART") == "1"
+RESTART_DELAY = 0.5
+RESTART_LIMIT = 10
 PARENT_SIGNALLED_SECONDS = 0.3
 
 # Every process of the stack inherits this, with the stack's own id: it is how
@@ -155,7 +161,12 @@ def _lock_is_held() -> bool:
     return False
 
 
-def read_procfile(path: Path = PROCFILE) -> list[tuple[str, list[str]]]:
+def procfile() -> Path:
+    """The Procfile of `make run`, or TASKQ_PROCFILE (`make cluster` writes its own)."""
+    return Path(os.environ.get("TASKQ_PROCFILE") or PROCFILE)
+
+
+def read_procfile(path: Path | None = None) -> list[tuple[str, list[str]]]:
     """The Procfile's `name: command` lines, each command split as a shell would.
 
     Each command runs without a shell in between, so the pid the supervisor
@@ -163,7 +174,7 @@ def read_procfile(path: Path = PROCFILE) -> list[tuple[str, list[str]]]:
     expanded from the environment, as honcho's shell did.
     """
     entries = []
-    for line in path.read_text().splitlines():
+    for line in (path or procfile()).read_text().splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -208,6 +219,9 @@ class Child:
     process: subprocess.Popen[bytes] | None = None
     partial: bytes = b""
     reported: bool = False
+    # With RESTART: when to start it again, and when it last was.
+    restart_at: float | None = None
+    restarts: list[float] = field(default_factory=list)
 
 
 def _child_setup(supervisor_pid: int) -> None:
@@ -352,12 +366,31 @@ class Supervisor:
         if self.watch_parent and not self.stopping:
             self._check_parent()
         self._reap()
+        self._restart_due()
         if self.output.closed and not self.stopping:
             self._stop("its output was closed", exit_code=0)
         if self.stopping and not self.killed and time.monotonic() >= self.kill_at:
             self.output.note(f"still running after {GRACE_SECONDS:.0f} s: SIGKILL")
             self._signal_all(signal.SIGKILL)
             self.killed = True
+
+    def _restart_due(self) -> None:
+        for child in self.children:
+            if child.restart_at is None or time.monotonic() < child.restart_at:
+                continue
+            if self.stopping:
+                child.restart_at = None
+                continue
+            assert child.process is not None and child.process.stdout is not None
+            if not child.process.stdout.closed:
+                fd = child.process.stdout.fileno()
+                self.poller.unregister(fd)
+                del self.sources[fd]
+                child.process.stdout.close()
+            child.restarts.append(time.monotonic())
+            child.restart_at = None
+            child.process, child.reported, child.partial = None, False, b""
+            self._spawn(child)
 
     def _read(self, child: Child) -> None:
         assert child.process is not None and child.process.stdout is not None
@@ -431,8 +464,19 @@ class Supervisor:
             child.reported = True
             how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
             self.output.note(f"{child.name} {how}")
-            if not self.stopping:
-                self._stop(f"{child.name} {how}", exit_code=1)
+            if self.stopping:
+                continue
+            now = time.monotonic()
+            child.restarts = [t for t in child.restarts if now - t < 60]
+            if RESTART and len(child.restarts) < RESTART_LIMIT:
+                # What it forked (gunicorn's workers, holding its port) goes
+                # with it, so that its successor can bind.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.process.pid, signal.SIGKILL)
+                child.restart_at = now + RESTART_DELAY
+                self.output.note(f"{child.name}: starting again in {RESTART_DELAY:g} s")
+                continue
+            self._stop(f"{child.name} {how}", exit_code=1)
         # Adopted orphans (see run): peek without reaping, so that Popen still
         # collects its own children's exit codes.
         while True:

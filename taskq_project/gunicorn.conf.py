@@ -24,6 +24,10 @@ timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = 10
 keepalive = 30
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-")
+# gunicorn's control socket sits at one path per user (~/.gunicorn), which
+# several servers on one machine (`make cluster`) would take from each other;
+# nothing here uses it.
+control_socket_disable = True
 wsgi_app = "taskq_project.asgi:application"
 
 # The HTTP counts of every worker, summed at each scrape
