@@ -176,7 +176,16 @@ class Throughput(models.Model):
     the last hour per minute; the metrics' counters sum it all.
     """
 
-    namespace_id = models.CharField(max_length=MAX_ID_LENGTH)
+    # Deleted with its namespace by Django (the namespace services delete
+    # through the ORM), never by a database constraint: a foreign key would
+    # have every capture and release lock the namespace's row.
+    namespace = models.ForeignKey(
+        Namespace,
+        on_delete=models.CASCADE,
+        db_constraint=False,
+        db_index=False,
+        related_name="+",
+    )
     at = models.DateTimeField()
     captured = models.IntegerField(default=0, db_default=0)
     done = models.IntegerField(default=0, db_default=0)
@@ -196,7 +205,14 @@ class ThroughputTotal(models.Model):
     with the log's rows, every task captured and finished since the namespace
     was created. Written by the sweeper alone."""
 
-    namespace_id = models.CharField(primary_key=True, max_length=MAX_ID_LENGTH)
+    # As Throughput's: deleted with the namespace, no constraint.
+    namespace = models.OneToOneField(
+        Namespace,
+        primary_key=True,
+        on_delete=models.CASCADE,
+        db_constraint=False,
+        related_name="+",
+    )
     captured = models.BigIntegerField(default=0)
     done = models.BigIntegerField(default=0)
     failed = models.BigIntegerField(default=0)

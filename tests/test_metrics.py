@@ -5,6 +5,7 @@ from django.test import Client, override_settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from namespaces_app.models import Namespace
+from namespaces_app.services import delete_namespace
 from tasks_app.models import SweepRecord, Throughput, ThroughputTotal
 from tasks_app.services import capture_tasks, pause_namespace, purge_namespace, release_tasks
 from tasks_app.sweeper import RECLAIM_JOB, reclaim_expired_leases
@@ -165,11 +166,13 @@ def test_counters_keep_their_values_as_the_sweeper_compacts_and_folds_the_log(cl
     assert purge_namespace(namespace_id="ns", states=["done", "failed_retry"])["done"] == 11
     assert counters(scrape(client), "ns") == dict(captured=21, done=11, failed=10, expired=0)
 
-    # A namespace deleted and created again starts from zero.
-    Namespace.objects.filter(pk="other").delete()
-    clock.advance(3 * 3600)
-    reclaim_expired_leases()
+    # A namespace deleted and created again starts from zero, its events of
+    # the last two hours included.
+    capture_tasks(namespace_id="other", limit=1)
+    assert Throughput.objects.filter(namespace_id="other").exists()
+    delete_namespace(namespace_id="other")
     assert not ThroughputTotal.objects.filter(pk="other").exists()
+    assert not Throughput.objects.filter(namespace_id="other").exists()
     make_namespace("other")
     assert counters(scrape(client), "other")["captured"] == 0
     assert counters(scrape(client), "ns") == dict(captured=21, done=11, failed=10, expired=0)
