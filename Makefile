@@ -9,7 +9,7 @@ PORT ?= 8000
 
 export PORT
 
-.PHONY: run stop cluster cluster-stop test test-pgbouncer fuzz faults bench bench-smoke setup migrate static lint format db-stop clean
+.PHONY: run stop cluster cluster-stop faults-cluster test-cluster test test-pgbouncer fuzz faults bench bench-smoke setup migrate static lint format db-stop clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -59,7 +59,13 @@ cluster-stop:
 # costly fixture run on one worker (tests/conftest.py); the others go out
 # one at a time, so none of them is left to the end.
 test: setup
-	$(PY) -m pytest -n auto
+	$(PY) -m pytest -n auto --ignore=tests/cluster
+
+# tests/cluster: one `make cluster` of their own (free ports, a temporary
+# directory) on the test database, tried through HAProxy, PgBouncer and Redis;
+# CI runs it.
+test-cluster: setup
+	$(PY) -m pytest tests/cluster
 
 # The API tests again, through a real PgBouncer in transaction mode
 # (Debian's pgbouncer package); CI runs it.
@@ -83,6 +89,11 @@ bench-smoke: setup
 # FAULTS_SECONDS=30 FAULTS_WORKERS=6.
 faults: setup
 	$(PY) scripts/faults.py --seconds $(or $(FAULTS_SECONDS),180) --workers $(or $(FAULTS_WORKERS),16)
+
+# The fault-injection run against `make cluster`'s layout (docs/reliability.md):
+# app servers, PgBouncer and Celery killed, PostgreSQL stopped and paused.
+faults-cluster: setup
+	$(PY) scripts/faults.py --cluster --seconds $(or $(FAULTS_SECONDS),120) --workers $(or $(FAULTS_WORKERS),16)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -18,7 +18,8 @@ missing, as CI installs Chromium):
 - the Celery worker and the one beat, on Redis: CELERY_BROKER_URL, else this
   machine's Redis on 127.0.0.1:6379, else a redis-server of the cluster's
   own; the same Redis (database 1) is the shared cache (TASKQ_CACHE_URL):
-  throttling and the token cache then count across servers.
+  throttling then counts across servers (the token cache is each process's
+  own: a revocation reaches every one within TASKQ_TOKEN_CACHE_SECONDS).
 
 Every process runs under scripts/supervisor.py with a Procfile written to
 var/cluster/, so Ctrl-C or `make cluster-stop` stops all of them (its run
@@ -28,7 +29,9 @@ forked killed first. PgBouncer, HAProxy and the app servers are separate process
 tests and the fault-injection run can kill and restart each one.
 
 Only the standard library, but for `manage.py` and the embedded server,
-which run in the virtualenv's Python (this one's).
+which run in the virtualenv's Python (this one's). Run as root, PgBouncer
+runs as another user (it refuses root), which must be able to reach
+TASKQ_CLUSTER_DIR: not under a private (0700) directory of root's.
 """
 
 import argparse
@@ -131,6 +134,10 @@ def pgbouncer_config(upstream: str, port: int) -> tuple[Path, str]:
         # Server connections per database: the cores' worth and more, since
         # most statements wait on the disk or a lock, not a core.
         "default_pool_size = 20\n"
+        # After a failed login to the server (PostgreSQL starting up again),
+        # try again within a second, not PgBouncer's 15 s, in which it
+        # refuses every client.
+        "server_login_retry = 1\n"
         f"logfile = {directory / 'pgbouncer.log'}\n"
     )
     return config, f"postgres://{quote(user)}@127.0.0.1:{port}/{quote(dbname)}"
@@ -171,12 +178,29 @@ def haproxy_config(port: int, servers: list[int]) -> Path:
         f"    bind 127.0.0.1:{port}",
         "    option forwardfor",
         "    default_backend app",
+        # No server to answer (the database down, so every /healthz fails):
+        # the API's own 503, JSON with Retry-After, not HAProxy's HTML page;
+        # likewise a server that died with the request (502) or a timeout.
+        *(
+            f"    http-error status {code} content-type application/json"
+            f' string \'{{"detail": "{detail}", "code": "{name}"}}\''
+            f" hdr Retry-After {wait}"
+            for code, name, detail, wait in (
+                (502, "bad_gateway", "The server went away with the request; retry.", 1),
+                (503, "unavailable", "No server is available; retry shortly.", 5),
+                (504, "gateway_timeout", "The server did not answer in time; retry.", 1),
+            )
+        ),
         "backend app",
         # Long polls hold their connections: send new ones where fewest are.
         "    balance leastconn",
         "    option httpchk GET /healthz",
         "    http-check expect status 200",
-        "    default-server inter 500ms fall 2 rise 2",
+        # Out after two failed checks, or at once on a refused connection
+        # (a server just killed, or restarting), so that it gets no request
+        # before it can answer; back after two good checks.
+        "    default-server inter 500ms fastinter 100ms fall 2 rise 2"
+        " observe layer4 error-limit 1 on-error mark-down",
         *(f"    server app{n} 127.0.0.1:{p} check" for n, p in enumerate(servers, 1)),
     ]
     config = CLUSTER_DIR / "haproxy.cfg"

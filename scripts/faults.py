@@ -1,6 +1,7 @@
 """Jepsen-style fault injection against the real stack: is anything acknowledged lost?
 
     .venv/bin/python scripts/faults.py [--seconds N] [--workers K] [--seed S] [--workdir DIR]
+    .venv/bin/python scripts/faults.py --cluster [--servers M] [the same options]
 
 Starts a PostgreSQL cluster of its own (tests/pgcluster.py), migrates it,
 and runs the stack as production does: gunicorn with its uvicorn workers, and
@@ -17,16 +18,34 @@ the queue is drained through the API, and the final table, read from
 PostgreSQL itself, is judged against the history by tests/faults/checker.py.
 Prints the figures; exits 1 on any violation. The history and the logs stay
 in the work directory (printed).
+
+With --cluster the same load and checker run against `make cluster`'s layout
+(scripts/cluster.py, started with a directory and ports of the run's own, on
+the run's own PostgreSQL): HAProxy in front of M app servers (3), PgBouncer
+in transaction mode, the Celery worker and beat on Redis, all under
+scripts/supervisor.py, which restarts whatever dies. The clients talk to
+HAProxy. The nemesis kills one app server's gunicorn master (the supervisor
+restarts it, HAProxy takes it out and back), PgBouncer, the Celery worker or
+beat, all with SIGKILL, and stops and pauses PostgreSQL as above. Beside the
+checker's counts the run reports the stale releases accepted and, per
+app-server kill, the longest time no lease worker's request through HAProxy
+was answered; it fails when that reaches UNAVAILABILITY_TARGET (1 s).
 """
 
 import argparse
+import bisect
+import contextlib
+import dataclasses
 import hashlib
+import itertools
 import json
+import math
 import multiprocessing
 import os
 import random
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -69,6 +88,36 @@ SWEEP_GRACE = 10.0
 # The broker's folder is fixed by the settings (var/celery-broker); a queue
 # of the run's own keeps other stacks on that folder out of its messages.
 BROKER_DIR = BASE_DIR / "var" / "celery-broker"
+
+# --cluster: what the nemesis does to scripts/cluster.py's layout.
+CLUSTER_FAULT_KINDS = (
+    "kill_app_server",
+    "kill_pgbouncer",
+    "kill_celery",
+    "stop_postgres",
+    "pause_postgres",
+)
+# HAProxy's checks (scripts/cluster.py: inter 500ms, rise 2) put a server
+# back after two good ones: an app-server kill's window ends this long after
+# the server answers again, with it back in the rotation.
+HAPROXY_RISE_SECONDS = 1.5
+# The longest an app-server kill may leave every lease worker without an
+# answer through HAProxy.
+UNAVAILABILITY_TARGET = 1.0
+# Set by the environment for `make run` or `make cluster`, not for this
+# run's cluster, which scripts/cluster.py sets up itself.
+CLUSTER_VARIABLES = (
+    "TASKQ_RUN_DIR",
+    "TASKQ_PROCFILE",
+    "TASKQ_STACK_ID",
+    "TASKQ_SUPERVISOR_RESTART",
+    "TASKQ_DB_POOLER",
+    "TASKQ_LISTEN_DATABASE_URL",
+    "TASKQ_CLUSTER_PGBOUNCER_PORT",
+    "GUNICORN_BIND",
+    "PROMETHEUS_MULTIPROC_DIR",
+    "PORT",
+)
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -148,6 +197,13 @@ class Stack:
         ).stdout
 
     def start(self) -> None:
+        self.prepare_database()
+        self.start_web()
+        self.start_celery()
+        self.wait_healthy()
+
+    def prepare_database(self) -> None:
+        """PostgreSQL started, the database made and migrated, the run's two tokens."""
         self.cluster.start()
         with psycopg.connect(self.cluster.url(), autocommit=True) as conn:
             conn.execute("CREATE DATABASE taskq")
@@ -156,9 +212,6 @@ class Stack:
         self.worker_token = self.manage(
             "create_api_token", "faults-worker", "--role", "worker", "--namespace", NAMESPACE
         ).splitlines()[-1]
-        self.start_web()
-        self.start_celery()
-        self.wait_healthy()
 
     def _log(self, name: str) -> Any:
         return (self.workdir / f"{name}.log").open("ab")
@@ -253,16 +306,19 @@ class Stack:
 
     def heal(self) -> None:
         """Whatever the nemesis left behind: everything up again."""
-        if (self.cluster.data / "postmaster.pid").exists():
-            self.cluster.resume(self.cluster.pids())
-        else:
-            self.cluster.start()
+        self.heal_postgres()
         if self.web is None or self.web.poll() is not None:
             kill(self.orphans_of_web())
             self.start_web()
         if self.celery is None or self.celery.poll() is not None:
             self.start_celery()
         self.wait_healthy()
+
+    def heal_postgres(self) -> None:
+        if (self.cluster.data / "postmaster.pid").exists():
+            self.cluster.resume(self.cluster.pids())
+        else:
+            self.cluster.start()
 
     def orphans_of_web(self) -> list[int]:
         """Web workers whose master is gone, found by the server's command line."""
@@ -298,6 +354,173 @@ class Stack:
                 leftover.unlink(missing_ok=True)
 
 
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive free ports of 127.0.0.1 (HAProxy's, then the servers')."""
+    rng = random.Random()
+    for _ in range(200):
+        # Below the kernel's ephemeral ports, which other connections take.
+        first = rng.randrange(20_000, 32_000)
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(first, first + count):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return first
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+class ClusterStack(Stack):
+    """`make cluster`'s layout (scripts/cluster.py) on the run's own PostgreSQL.
+
+    HAProxy listens on `port` and the app servers on the ports after it; the
+    supervisor restarts whatever dies, so the nemesis only kills. Its state
+    file tells each process's pid.
+    """
+
+    def __init__(self, workdir: Path, servers: int = 3) -> None:
+        super().__init__(workdir)
+        self.port = free_ports(servers + 1)
+        self.server_ports = {f"app{n}": self.port + n for n in range(1, servers + 1)}
+        self.cluster_dir = workdir / "cluster"
+        self.supervisor: subprocess.Popen[bytes] | None = None
+        # As `make cluster` is given them: scripts/cluster.py picks the broker.
+        inherited = {
+            key: os.environ[key]
+            for key in ("CELERY_BROKER_URL", "TASKQ_CACHE_URL")
+            if os.environ.get(key)
+        }
+        self.env = {
+            **{key: value for key, value in self.env.items() if key not in CLUSTER_VARIABLES},
+            **inherited,
+            # PostgreSQL itself: the app servers go through PgBouncer in front of it.
+            "DATABASE_URL": self.cluster.url("taskq"),
+            "PORT": str(self.port),
+            "TASKQ_CLUSTER_DIR": str(self.cluster_dir),
+            "TASKQ_CLUSTER_SERVERS": str(servers),
+        }
+
+    def start(self) -> None:
+        self.prepare_database()
+        self.cluster_dir.mkdir(parents=True, exist_ok=True)
+        # PgBouncer refuses root: it runs as another user, who must reach its
+        # configuration under the work directory (a private temporary one).
+        self.workdir.chmod(0o755)
+        with self._log("cluster") as log:
+            self.supervisor = subprocess.Popen(
+                # cluster.py execs the supervisor: this pid is the supervisor's,
+                # which stops the cluster when this process goes.
+                [sys.executable, "scripts/cluster.py", "run", "--watch-parent"],
+                cwd=BASE_DIR,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.wait_healthy(timeout=180)
+
+    def state(self) -> dict[str, Any]:
+        try:
+            path = self.cluster_dir / "run" / "stack.json"
+            state: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return state
+
+    def pid(self, name: str) -> int | None:
+        """The live process the supervisor runs as `name`, None while there is none."""
+        record = self.state().get("processes", {}).get(name)
+        if record is None:
+            return None
+        fields = _stat(record["pid"])
+        if fields is None or fields[0] in ("Z", "X") or int(fields[19]) != record["start_time"]:
+            return None
+        return int(record["pid"])
+
+    def names(self) -> list[str]:
+        """Every process of the cluster: the servers, PgBouncer, HAProxy, Celery, and a
+        redis-server of its own when this machine runs none."""
+        expected = [*self.server_ports, "pgbouncer", "haproxy", "worker", "beat"]
+        started = self.state().get("processes", {})
+        return expected + [name for name in started if name not in expected]
+
+    def server_healthy(self, name: str) -> bool:
+        """The app server itself, not through HAProxy."""
+        recorder = client.Recorder(self.workdir / "health.jsonl", "nemesis")
+        try:
+            api = client.Api(self.server_ports[name], "", recorder, timeout=3)
+            return api.call("health", "GET", "/healthz", None)[0] == 200
+        finally:
+            recorder.close()
+
+    def ready(self) -> bool:
+        if self.supervisor is None or self.supervisor.poll() is not None:
+            # It stops the whole cluster when a process dies too often.
+            raise RuntimeError(f"the cluster's supervisor is gone: see {self.workdir}/cluster.log")
+        if any(self.pid(name) is None for name in self.names()):
+            return False
+        return self.healthy() and all(self.server_healthy(name) for name in self.server_ports)
+
+    def wait_healthy(self, timeout: float = 90) -> float:
+        """Until every process runs and answers, each server directly and HAProxy."""
+        began = time.monotonic()
+        wait_for(self.ready, timeout=timeout, interval=0.3)
+        return time.monotonic() - began
+
+    def heal(self) -> None:
+        self.heal_postgres()
+        self.wait_healthy()
+
+    def broker_url(self) -> str | None:
+        """The broker scripts/cluster.py chose, from the banner it printed."""
+        try:
+            log = (self.workdir / "cluster.log").read_text(errors="replace")
+        except OSError:
+            return None
+        for line in log.splitlines():
+            if "Celery worker and beat on " in line:
+                return line.split("Celery worker and beat on ", 1)[1].split(";")[0].strip()
+        return None
+
+    def forget_queue(self) -> None:
+        """The run's queue in the broker, which may be this machine's Redis."""
+        url = self.broker_url()
+        if not url or not url.startswith("redis"):
+            return
+        try:
+            import redis
+
+            broker = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
+            keys = [*broker.scan_iter(match=f"{self.queue}*"), f"_kombu.binding.{self.queue}"]
+            broker.delete(*keys)
+        except Exception:
+            pass  # the cluster's own Redis, gone with it
+
+    def close(self) -> None:
+        try:
+            if self.supervisor is not None and self.supervisor.poll() is None:
+                self.supervisor.terminate()
+                try:
+                    # The supervisor's SIGTERM, then SIGKILL 6 s later.
+                    self.supervisor.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    self.supervisor.kill()
+                    self.supervisor.wait(timeout=10)
+            # Whatever is left of the stack, found by the id its processes inherited.
+            subprocess.run(
+                [sys.executable, "scripts/cluster.py", "stop"],
+                cwd=BASE_DIR,
+                env=self.env,
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )
+        finally:
+            self.forget_queue()
+            self.cluster.destroy()
+
+
 @dataclass
 class FaultEvent:
     kind: str
@@ -312,6 +535,8 @@ class Nemesis(threading.Thread):
     Runs at least until `deadline`, and on until every kind has been injected
     `each` times.
     """
+
+    kinds: tuple[str, ...] = FAULT_KINDS
 
     def __init__(
         self,
@@ -335,10 +560,10 @@ class Nemesis(threading.Thread):
         try:
             time.sleep(3)
             while True:
-                kinds = list(FAULT_KINDS)
+                kinds = list(self.kinds)
                 self.rng.shuffle(kinds)
                 for kind in kinds:
-                    enough = all(self.injected[k] >= self.each for k in FAULT_KINDS)
+                    enough = all(self.injected[k] >= self.each for k in self.kinds)
                     if time.monotonic() >= self.deadline and enough:
                         return
                     self.inject(kind)
@@ -407,6 +632,55 @@ class Nemesis(threading.Thread):
         return {"paused": round(paused, 2), "processes": len(pids)}
 
 
+class ClusterNemesis(Nemesis):
+    """The faults of a cluster: each process killed is restarted by the supervisor."""
+
+    kinds = CLUSTER_FAULT_KINDS
+    stack: ClusterStack
+
+    def __init__(
+        self,
+        stack: ClusterStack,
+        rng: random.Random,
+        deadline: float,
+        say: Callable[[str], None],
+        each: int = 1,
+    ) -> None:
+        super().__init__(stack, rng, deadline, say, each)
+        self.stack = stack
+
+    def _kill_supervised(self, name: str) -> tuple[dict[str, Any], float]:
+        """SIGKILL to `name`, until the supervisor runs another; the detail, the kill's time."""
+        pid = wait_for(lambda: self.stack.pid(name), timeout=30)
+        killed = time.monotonic()
+        kill([pid])
+
+        def successor() -> int | None:
+            new = self.stack.pid(name)
+            return new if new != pid else None
+
+        new = wait_for(successor, timeout=30, interval=0.05)
+        restarted_in = round(time.monotonic() - killed, 2)
+        return {"pid": pid, "new_pid": new, "restarted_in": restarted_in}, killed
+
+    def kill_app_server(self) -> dict[str, Any]:
+        name = self.rng.choice(sorted(self.stack.server_ports))
+        detail, killed = self._kill_supervised(name)
+        wait_for(lambda: self.stack.server_healthy(name), timeout=60, interval=0.1)
+        detail["serving_in"] = round(time.monotonic() - killed, 2)
+        # The window of the kill ends with the server back in HAProxy's rotation.
+        time.sleep(HAPROXY_RISE_SECONDS)
+        return {"server": name, **detail}
+
+    def kill_pgbouncer(self) -> dict[str, Any]:
+        return self._kill_supervised("pgbouncer")[0]
+
+    def kill_celery(self) -> dict[str, Any]:
+        # The worker, then beat, in turn: each is a process of its own here.
+        name = ("worker", "beat")[self.injected["kill_celery"] % 2]
+        return {"process": name, **self._kill_supervised(name)[0]}
+
+
 @dataclass
 class RunResult:
     report: checker.Report
@@ -420,10 +694,143 @@ class RunResult:
 
     # Why the run proves nothing, however clean its verdict (see exercised()).
     unexercised: list[str] = field(default_factory=list)
+    # --cluster: the stale releases and the outages of the app-server kills.
+    availability: "Availability | None" = None
 
     @property
     def ok(self) -> bool:
-        return self.report.ok and not self.client_failures and not self.unexercised
+        return (
+            self.report.ok
+            and not self.client_failures
+            and not self.unexercised
+            and (self.availability is None or self.availability.ok)
+        )
+
+
+@dataclass
+class Outage:
+    """Around one app-server kill: the longest time no lease worker's request was answered.
+
+    Times are seconds since the load began (the clients' monotonic clock).
+    An answer is any HTTP status below 500 (a 4xx is an answer too: the
+    server decided); the window runs from the kill until the server is back
+    in HAProxy's rotation, and the gap that holds the kill counts whole.
+    """
+
+    server: str
+    at: float
+    longest: float
+    # The answers on either side of the longest gap.
+    since: float
+    until: float
+    # Requests sent within the gap, and those of them that met no answer or a 5xx.
+    sent: int
+    failed: int
+    # The slowest answer to a request sent in the window.
+    slowest: float
+
+
+@dataclass
+class Availability:
+    outages: list[Outage]
+    # The longest gap between answers well away from any fault, for comparison.
+    quiet_longest: float
+    # Releases applied with a token a later capture had replaced (stale_token_accepted).
+    stale_releases: int
+    # The late releases of stalled leases, refused as they should be.
+    stale_refused: int
+
+    @property
+    def longest(self) -> float:
+        return max((outage.longest for outage in self.outages), default=math.inf)
+
+    @property
+    def ok(self) -> bool:
+        return self.stale_releases == 0 and self.longest < UNAVAILABILITY_TARGET
+
+
+def _answered(record: dict[str, Any]) -> bool:
+    return checker.outcome(record) != checker.UNKNOWN
+
+
+def outages(records: list[dict[str, Any]], events: list[FaultEvent], origin: float) -> list[Outage]:
+    """Per app-server kill, from the lease workers' records (see Outage)."""
+    mine = [record for record in records if str(record.get("client", "")).startswith("w")]
+    answers = sorted(record["recv"] for record in mine if _answered(record))
+    found = []
+    for event in events:
+        if event.kind != "kill_app_server":
+            continue
+        first = bisect.bisect_left(answers, event.began)
+        if first == len(answers):
+            # Nothing answered from the kill on: the cluster never came back.
+            points = [event.began, math.inf]
+        else:
+            last = bisect.bisect_right(answers, event.ended)
+            points = answers[max(first - 1, 0) : last + 1]
+            if first == 0:
+                points.insert(0, event.began)
+            if last == len(answers):
+                points.append(event.ended)
+        since, until = max(itertools.pairwise(points), key=lambda gap: gap[1] - gap[0])
+        inside = [record for record in mine if since < record["send"] < until]
+        window = [r for r in mine if event.began <= r["send"] <= event.ended and _answered(r)]
+        found.append(
+            Outage(
+                server=str(event.detail.get("server", "?")),
+                at=event.began - origin,
+                longest=until - since,
+                since=since - origin,
+                until=until - origin,
+                sent=len(inside),
+                failed=sum(1 for record in inside if not _answered(record)),
+                slowest=max((r["recv"] - r["send"] for r in window), default=0.0),
+            )
+        )
+    return found
+
+
+def quiet_longest(
+    records: list[dict[str, Any]], events: list[FaultEvent], began: float, ended: float
+) -> float:
+    """The longest gap between the lease workers' answers more than 1 s before and
+    3 s after any fault, within the load: what the machine's own load makes."""
+    answers = sorted(
+        record["recv"]
+        for record in records
+        if str(record.get("client", "")).startswith("w")
+        and _answered(record)
+        and began <= record["recv"] <= ended
+    )
+    faults = [(event.began - 1, event.ended + 3) for event in events]
+    return max(
+        (
+            b - a
+            for a, b in itertools.pairwise(answers)
+            if not any(a < end and b > start for start, end in faults)
+        ),
+        default=0.0,
+    )
+
+
+def availability(
+    records: list[dict[str, Any]],
+    final: dict[str, Any],
+    report: checker.Report,
+    events: list[FaultEvent],
+    load: tuple[float, float],
+) -> Availability:
+    """The cluster's own figures; `load` is when the load began and stopped."""
+    # The checker's stale_token_accepted for releases alone: judged without the
+    # extends, which the staleness of a release does not depend on.
+    without_extends = [record for record in records if record["op"] != "extend"]
+    stale = checker.check(without_extends, final, sweep_grace=SWEEP_GRACE).counts()
+    return Availability(
+        outages=outages(records, events, load[0]),
+        quiet_longest=quiet_longest(records, events, *load),
+        stale_releases=stale["stale_token_accepted"],
+        stale_refused=report.stats["per_id"].get("release stale_lease", 0),
+    )
 
 
 def exercised(
@@ -431,6 +838,7 @@ def exercised(
     final: dict[str, Any],
     report: checker.Report,
     injected: Counter[str],
+    kinds: tuple[str, ...] = FAULT_KINDS,
 ) -> list[str]:
     """What a run must have done for its clean verdict to mean anything.
 
@@ -438,7 +846,7 @@ def exercised(
     faults, and the checker is tied to this table: judged without its done
     tasks, the same history must show acknowledged work lost.
     """
-    problems = [f"fault {kind} never ran" for kind in FAULT_KINDS if injected[kind] < 1]
+    problems = [f"fault {kind} never ran" for kind in kinds if injected[kind] < 1]
     stats = report.stats
     if stats["final"].get("done", 0) <= 20:
         problems.append(f"only {stats['final'].get('done', 0)} tasks done")
@@ -500,12 +908,28 @@ def drain(stack: Stack, api: client.Api, rng: random.Random, say: Callable[[str]
         stack.wait_healthy()
 
 
-def wait_for_sweeper(stack: Stack) -> None:
-    """Until no lease is in progress, or one is overdue past the checker's grace."""
-    while True:
+def wait_for_sweeper(stack: Stack, *, seconds: float = 60.0) -> None:
+    """Until no lease is in progress, or one is overdue past the checker's
+    grace, and the sweeper has finished a run since this call: a Celery
+    worker that came back with the final heal has swept at least once before
+    the table is read (else a lease long overdue, left by a worker that died
+    during the run, would read as stuck)."""
+    with stack.db() as conn:
+        row = conn.execute("SELECT statement_timestamp()").fetchone()
+    assert row is not None
+    since = row[0]
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
         remaining = stack.seconds_to_last_expiry()
         if remaining is None or remaining < -SWEEP_GRACE - 1:
-            return
+            with stack.db() as conn:
+                swept = conn.execute(
+                    "SELECT count(*) FROM tasks_app_sweeprecord"
+                    " WHERE name = 'reclaim_expired_leases' AND finished_at > %s",
+                    [since],
+                ).fetchone()
+            if swept is not None and swept[0]:
+                return
         time.sleep(0.5)
 
 
@@ -530,11 +954,13 @@ def figures(
     tree: str,
     client_failures: dict[str, int | None],
     unexercised: list[str],
+    availability: Availability | None = None,
+    layout: str = "",
 ) -> str:
     stats = report.stats
     lines = [
-        f"taskq fault injection: {seconds:g} s of load or more, {workers} workers, seed {seed} "
-        f"({elapsed:.0f} s in all: setup, load until every fault ran, drain)",
+        f"taskq fault injection{layout}: {seconds:g} s of load or more, {workers} workers, "
+        f"seed {seed} ({elapsed:.0f} s in all: setup, load until every fault ran, drain)",
         f"code under test: {tree}",
         f"history: {history}",
         "",
@@ -561,17 +987,20 @@ def figures(
         "final state " + ", ".join(f"{status} {n}" for status, n in stats["final"].items()),
         "faults injected",
     ]
-    for kind in FAULT_KINDS:
+    for kind in nemesis.kinds:
         lines.append(f"  {kind:<26}{nemesis.injected[kind]:>8}")
-    orphans = sum(e.detail.get("orphans_alive_after_2s", 0) for e in nemesis.events)
-    served = sum(1 for e in nemesis.events if e.detail.get("orphans_served") == 200)
-    lines.append(
-        f"  (web workers alive 2 s after their master's kill: {orphans}; "
-        f"/healthz answered by them {served} times)"
-    )
+    if availability is None:
+        orphans = sum(e.detail.get("orphans_alive_after_2s", 0) for e in nemesis.events)
+        served = sum(1 for e in nemesis.events if e.detail.get("orphans_served") == 200)
+        lines.append(
+            f"  (web workers alive 2 s after their master's kill: {orphans}; "
+            f"/healthz answered by them {served} times)"
+        )
     lines.append("violations")
     for kind, n in report.counts().items():
         lines.append(f"  {kind:<26}{n:>8}")
+    if availability is not None:
+        lines += availability_lines(availability)
     lines.append("anomalies (reported, not counted)")
     for kind, n in report.anomaly_counts().items():
         lines.append(f"  {kind:<26}{n:>8}")
@@ -582,12 +1011,43 @@ def figures(
     for problem in unexercised:
         lines.append(f"  ! the run did not exercise the stack: {problem}")
     verdict = "OK" if report.ok else f"FAILED: {len(report.violations)} violations"
+    if availability is not None and not availability.ok:
+        failed = []
+        if not availability.outages:
+            failed.append("no app-server kill to measure")
+        if availability.stale_releases:
+            failed.append(f"{availability.stale_releases} stale releases accepted")
+        if availability.outages and availability.longest >= UNAVAILABILITY_TARGET:
+            failed.append(
+                f"{availability.longest:.2f} s without an answer after an app-server kill "
+                f"(target < {UNAVAILABILITY_TARGET:g} s)"
+            )
+        verdict = ("FAILED: " if report.ok else f"{verdict}; ") + "; ".join(failed)
     if client_failures:
         verdict += "; INVALID RUN: client processes failed"
     if unexercised:
         verdict += "; INVALID RUN: it proves nothing (above)"
     lines.append(f"verdict: {verdict}")
     return "\n".join(lines)
+
+
+def availability_lines(figures: Availability) -> list[str]:
+    lines = [
+        f"  {'stale releases accepted':<26}{figures.stale_releases:>8}",
+        f"  (late releases refused as stale_lease, as they should be: {figures.stale_refused})",
+        "unavailability after an app-server kill (no lease worker's request answered)",
+    ]
+    for outage in figures.outages:
+        lines.append(
+            f"  {outage.server} killed at {outage.at:6.1f} s: {outage.longest:5.2f} s "
+            f"(answers at {outage.since:.2f} and {outage.until:.2f} s; {outage.sent} requests "
+            f"sent between, {outage.failed} unanswered; slowest answer {outage.slowest:.2f} s)"
+        )
+    lines += [
+        f"  {'longest':<26}{figures.longest:>8.2f} s  (target < {UNAVAILABILITY_TARGET:g} s)",
+        f"  {'away from any fault':<26}{figures.quiet_longest:>8.2f} s  (the load's own gaps)",
+    ]
+    return lines
 
 
 def run(
@@ -597,8 +1057,13 @@ def run(
     seed: int | None = None,
     workdir: Path | None = None,
     out: TextIO | None = None,
+    cluster: bool = False,
+    servers: int = 3,
 ) -> RunResult:
-    """The whole run; see the module docstring. Prints progress and the figures to `out`."""
+    """The whole run; see the module docstring. Prints progress and the figures to `out`.
+
+    `cluster`: against scripts/cluster.py's layout with `servers` app servers.
+    """
     seed = random.randrange(1_000_000) if seed is None else seed
     workdir = workdir or Path(tempfile.mkdtemp(prefix="taskq-faults-"))
     history_dir = workdir / "history"
@@ -610,12 +1075,18 @@ def run(
 
     began = time.monotonic()
     tree = code_under_test()
-    stack = Stack(workdir)
+    stack = ClusterStack(workdir, servers) if cluster else Stack(workdir)
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
     processes: list[multiprocessing.process.BaseProcess] = []
     try:
-        say(f"work directory {workdir}; starting PostgreSQL, gunicorn and Celery")
+        if isinstance(stack, ClusterStack):
+            say(
+                f"work directory {workdir}; starting PostgreSQL and the cluster: PgBouncer, "
+                f"{servers} app servers behind HAProxy on 127.0.0.1:{stack.port}, Celery"
+            )
+        else:
+            say(f"work directory {workdir}; starting PostgreSQL, gunicorn and Celery")
         stack.start()
         setup = client.Recorder(workdir / "setup.jsonl", "setup")
         try:
@@ -647,12 +1118,18 @@ def run(
             process.start()
         load_began = time.monotonic()
         say(f"load: {workers} workers and a registrar for at least {seconds:g} s")
-        nemesis = Nemesis(stack, random.Random(f"{seed}-nemesis"), load_began + seconds, say)
+        nemesis_rng = random.Random(f"{seed}-nemesis")
+        nemesis = (
+            ClusterNemesis(stack, nemesis_rng, load_began + seconds, say)
+            if isinstance(stack, ClusterStack)
+            else Nemesis(stack, nemesis_rng, load_began + seconds, say)
+        )
         nemesis.start()
         nemesis.join()
         if nemesis.error is not None:
             raise RuntimeError("the nemesis failed") from nemesis.error
         stop.set()
+        load_stopped = time.monotonic()
         for process in processes:
             process.join(timeout=60)
         client_failures = {p.name: p.exitcode for p in processes if p.exitcode != 0}
@@ -681,7 +1158,17 @@ def run(
     (workdir / "final.json").write_text(json.dumps(final, indent=1))
     records = merge_history(history_dir, workdir / "history.jsonl")
     report = checker.check(records, final, sweep_grace=SWEEP_GRACE)
-    unexercised = exercised(records, final, report, nemesis.injected)
+    unexercised = exercised(records, final, report, nemesis.injected, nemesis.kinds)
+    figured = None
+    if cluster:
+        figured = availability(records, final, report, nemesis.events, (load_began, load_stopped))
+        # On the clients' clock (time.monotonic), as history.jsonl's send and recv.
+        events = {
+            "load": [load_began, load_stopped],
+            "faults": [dataclasses.asdict(event) for event in nemesis.events],
+            "outages": [dataclasses.asdict(outage) for outage in figured.outages],
+        }
+        (workdir / "events.json").write_text(json.dumps(events, indent=1))
     statuses = status_counts(records)
     text = figures(
         seconds=seconds,
@@ -695,6 +1182,8 @@ def run(
         tree=tree,
         client_failures=client_failures,
         unexercised=unexercised,
+        availability=figured,
+        layout=f" (cluster: {servers} app servers behind HAProxy, PgBouncer)" if cluster else "",
     )
     say(text)
     return RunResult(
@@ -706,6 +1195,7 @@ def run(
         workdir,
         client_failures,
         unexercised,
+        figured,
     )
 
 
@@ -715,8 +1205,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=16, help="lease worker processes (16)")
     parser.add_argument("--seed", type=int, help="random seed (default: a new one, printed)")
     parser.add_argument("--workdir", type=Path, help="where the history and logs go")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="against scripts/cluster.py's layout: HAProxy, app servers, PgBouncer, Redis",
+    )
+    parser.add_argument(
+        "--servers", type=int, default=3, help="app servers with --cluster (3); at least 2"
+    )
     args = parser.parse_args(argv)
-    result = run(seconds=args.seconds, workers=args.workers, seed=args.seed, workdir=args.workdir)
+    if args.cluster and args.servers < 2:
+        parser.error("--servers: losing the only app server is an outage by design")
+    result = run(
+        seconds=args.seconds,
+        workers=args.workers,
+        seed=args.seed,
+        workdir=args.workdir,
+        cluster=args.cluster,
+        servers=args.servers,
+    )
     return 0 if result.ok else 1
 
 
