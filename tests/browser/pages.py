@@ -22,8 +22,10 @@ def log_in(browser: Chrome, base_url: str) -> None:
     get_user_model().objects.create_superuser(
         username=USERNAME, email="operator@example.com", password=PASSWORD
     )
-    browser.get(f"{base_url}/admin/login/?next=/admin/")
+    browser.get(f"{base_url}/admin/")
+    # Not logged in: the admin sends us to its login form.
     wait_for(browser, lambda b: b.find_element(By.ID, "id_username"), "no login form")
+    assert "/admin/login/" in browser.current_url
     browser.find_element(By.ID, "id_username").send_keys(USERNAME)
     browser.find_element(By.ID, "id_password").send_keys(PASSWORD)
     browser.find_element(By.CSS_SELECTOR, "#login-form [type=submit]").click()

@@ -10,7 +10,6 @@ threads have their own database connections.
 from pathlib import Path
 
 import pytest
-from django.contrib.auth import get_user_model
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver import Chrome
 from selenium.webdriver.common.by import By
@@ -19,13 +18,12 @@ from selenium.webdriver.support.select import Select
 
 from tasks_app.models import Task
 from tasks_app.services import capture_tasks, release_tasks
+from tests.browser.pages import console_errors, log_in
 from tests.browser.waits import wait_for
 from tests.factories import make_namespace, make_tasks
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-USERNAME = "operator"
-PASSWORD = "a-long-and-unguessable-pass"
 NAMESPACE = "orders"
 CATEGORIES = ("idle", "in_progress", "expired", "done", "failed_retry", "failed_for_good")
 
@@ -40,24 +38,6 @@ def seed(*, failed: int) -> None:
     make_tasks(NAMESPACE, 30, prefix="idle-")
     make_tasks(NAMESPACE, 4, prefix="leased-", status="in_progress")
     make_tasks(NAMESPACE, failed, prefix="failed-", status="failed", retries_left=0)
-
-
-def log_in(browser: Chrome, base_url: str) -> None:
-    get_user_model().objects.create_superuser(
-        username=USERNAME, email="operator@example.com", password=PASSWORD
-    )
-    browser.get(f"{base_url}/admin/")
-    # Not logged in: the admin sends us to its login form.
-    wait_for(browser, lambda b: b.find_element(By.ID, "id_username"), "no login form")
-    assert "/admin/login/" in browser.current_url
-    browser.find_element(By.ID, "id_username").send_keys(USERNAME)
-    browser.find_element(By.ID, "id_password").send_keys(PASSWORD)
-    browser.find_element(By.CSS_SELECTOR, "#login-form [type=submit]").click()
-    wait_for(
-        browser,
-        lambda b: b.find_element(By.ID, "taskq-dashboard"),
-        "the dashboard did not show after logging in",
-    )
 
 
 def click(element: WebElement, by: str, value: str) -> bool:
@@ -92,14 +72,6 @@ def wait_for_counts(browser: Chrome, expected: dict[str, str], timeout: float = 
         raise AssertionError(
             f"dashboard shows {seen[-1] if seen else 'no row'}, expected {expected}"
         ) from error
-
-
-def console_errors(browser: Chrome) -> list[str]:
-    return [
-        entry["message"]
-        for entry in browser.get_log("browser")
-        if entry["level"] == "SEVERE" and "favicon.ico" not in entry["message"]
-    ]
 
 
 def result_ids(browser: Chrome) -> list[str]:

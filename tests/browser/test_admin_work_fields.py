@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import pytest
-from django.contrib.auth import get_user_model
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver import Chrome
 from selenium.webdriver.common.by import By
@@ -20,13 +19,12 @@ from selenium.webdriver.remote.webelement import WebElement
 from namespaces_app.services import Settings, register_namespace
 from tasks_app.models import Task
 from tasks_app.services import Lease, NewTask, Outcome, capture_tasks, register_tasks, release_tasks
+from tests.browser.pages import console_errors, log_in
 from tests.browser.waits import wait_for
 from tests.factories import make_namespace, make_tasks
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-USERNAME = "operator"
-PASSWORD = "a-long-and-unguessable-pass"
 NAMESPACE = "orders"
 # Were it run, the page would say so.
 PAYLOAD = {
@@ -34,18 +32,6 @@ PAYLOAD = {
     "lines": [{"sku": "A-1", "qty": 2}],
     "note": "</pre><script>window.taskqInjected = true;</script>",
 }
-
-
-def log_in(browser: Chrome, base_url: str) -> None:
-    get_user_model().objects.create_superuser(
-        username=USERNAME, email="operator@example.com", password=PASSWORD
-    )
-    browser.get(f"{base_url}/admin/login/?next=/admin/")
-    wait_for(browser, lambda b: b.find_element(By.ID, "id_username"), "no login form")
-    browser.find_element(By.ID, "id_username").send_keys(USERNAME)
-    browser.find_element(By.ID, "id_password").send_keys(PASSWORD)
-    browser.find_element(By.CSS_SELECTOR, "#login-form [type=submit]").click()
-    wait_for(browser, lambda b: b.find_element(By.ID, "taskq-dashboard"), "no dashboard")
 
 
 def dashboard_row(browser: Chrome) -> WebElement:
@@ -77,14 +63,6 @@ def wait_for_cells(browser: Chrome, expected: dict[str, str], timeout: float = 1
 def click_the_scheduled_count(browser: Chrome) -> bool:
     dashboard_row(browser).find_element(By.CSS_SELECTOR, 'td[data-category="scheduled"] a').click()
     return True
-
-
-def console_errors(browser: Chrome) -> list[str]:
-    return [
-        entry["message"]
-        for entry in browser.get_log("browser")
-        if entry["level"] == "SEVERE" and "favicon.ico" not in entry["message"]
-    ]
 
 
 def field(browser: Chrome, name: str) -> str:
