@@ -125,14 +125,16 @@ def test_answers_given_before_django_are_counted_by_route(server):
     _, token = create_token(name="too-large")
     before = scrape(server)
     conn = http.client.HTTPConnection("127.0.0.1", server, timeout=10)
-    conn.request(
-        "POST",
-        "/v1/task",
-        body=b"x" * (BODY_LIMIT + 1),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    assert conn.getresponse().status == 413
-    conn.close()
+    try:
+        conn.request(
+            "POST",
+            "/v1/task",
+            body=b"x" * (BODY_LIMIT + 1),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        assert conn.getresponse().status == 413
+    finally:
+        conn.close()
     after = scrape(server)
     assert (
         requests_of(after, "v1/task", "POST", "413") - requests_of(before, "v1/task", "POST", "413")

@@ -67,17 +67,19 @@ def serve(tmp_path, **env: str) -> Iterator[int]:
     )
     deadline = time.monotonic() + 30
     while True:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             conn.request("GET", "/healthz")
             conn.getresponse().read()
-            conn.close()
             break
         except OSError as exc:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
                 raise RuntimeError(log_path.read_text()) from exc
             time.sleep(0.1)
+        finally:
+            # A server still starting may accept and then drop the probe.
+            conn.close()
     yield port
     process.terminate()
     process.wait(timeout=15)
