@@ -7,6 +7,7 @@ from the environment.
 import glob
 import multiprocessing
 import os
+import shutil
 import tempfile
 
 bind = os.environ.get("GUNICORN_BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
@@ -35,11 +36,21 @@ wsgi_app = "taskq_project.asgi:application"
 # inherits it before it imports prometheus-client. One directory per server:
 # under the run directory when the supervisor gives one, else a new temporary
 # one, unless PROMETHEUS_MULTIPROC_DIR names it.
+_made_dir: str | None = None
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     run_dir = os.environ.get("TASKQ_RUN_DIR")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = (
-        os.path.join(run_dir, "metrics") if run_dir else tempfile.mkdtemp(prefix="taskq-metrics-")
-    )
+    if run_dir:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(run_dir, "metrics")
+    else:
+        _made_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+            prefix="taskq-metrics-"
+        )
+
+
+def on_exit(server: object) -> None:
+    # A temporary directory of this server's own goes with it.
+    if _made_dir is not None:
+        shutil.rmtree(_made_dir, ignore_errors=True)
 
 
 def on_starting(server: object) -> None:

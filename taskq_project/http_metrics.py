@@ -17,6 +17,7 @@ all: they come from the database (tasks_app.metrics).
 `v1/task/{pk}`, never the path itself: ids would make a series per task.
 """
 
+import functools
 import os
 import re
 import time
@@ -69,6 +70,8 @@ _GROUP = re.compile(r"\(\?P<(\w+)>[^)]*\)")
 _CONVERTER = re.compile(r"<(?:\w+:)?(\w+)>")
 
 
+# Patterns are the URLconf's, a few dozen.
+@functools.lru_cache(maxsize=512)
 def route_name(pattern: str) -> str:
     """`^v1/task/(?P<pk>[^/.]+)/?$` and `task/<str:pk>/` as `v1/task/{pk}`."""
     route = _GROUP.sub(r"{\1}", pattern)
@@ -86,9 +89,22 @@ def route_of_path(path: str) -> str:
     return route_name(match.route)
 
 
+# The labelled series, looked up once each: `labels()` takes a lock and
+# builds a key at every call. Bounded by routes x methods x codes.
+_requests: dict[tuple[str, str, int], Any] = {}
+_durations: dict[str, Any] = {}
+
+
 def observe(*, route: str, method: str, code: int, seconds: float) -> None:
-    REQUESTS.labels(route, method, str(code)).inc()
-    DURATION.labels(route).observe(seconds)
+    key = (route, method, code)
+    counter = _requests.get(key)
+    if counter is None:
+        counter = _requests[key] = REQUESTS.labels(route, method, str(code))
+    histogram = _durations.get(route)
+    if histogram is None:
+        histogram = _durations[route] = DURATION.labels(route)
+    counter.inc()
+    histogram.observe(seconds)
 
 
 class _ThisProcess(Collector):

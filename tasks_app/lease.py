@@ -939,15 +939,20 @@ WHERE t.id = doomed.id
 # from one form to another in one transaction, so a reader's snapshot sees
 # every event counted exactly once (tasks_app.metrics sums both tables).
 #
-# Rows of minutes gone by become one row per namespace and minute, stamped
-# at the minute's start: the log then holds a row per namespace and minute,
-# plus the current minute's, however many statements wrote to it. A row
-# already so stamped is left alone (a late commit into a compacted minute
+# The rows of each minute become one row per namespace and minute, stamped
+# at the minute's start, once they are COMPACT_AFTER old: the log then holds
+# a row per namespace and minute, plus the last few seconds' rows, however
+# many statements wrote to it. The current and the previous minute are
+# merged again at each run (their compacted row with the rows since); an
+# older minute, already compacted, is left alone (a late commit into it
 # makes a second row for it, which sums the same).
+COMPACT_AFTER = "5 seconds"
 COMPACT_THROUGHPUT = f"""
 WITH gone AS (
     DELETE FROM tasks_app_throughput
-    WHERE at < date_trunc('minute', {NOW}) AND at <> date_trunc('minute', at)
+    WHERE at < {NOW} - interval '{COMPACT_AFTER}'
+      AND (at <> date_trunc('minute', at)
+           OR at >= date_trunc('minute', {NOW}) - interval '1 minute')
     RETURNING namespace_id, at, captured, done, failed, expired
 )
 INSERT INTO tasks_app_throughput (namespace_id, at, captured, done, failed, expired)

@@ -170,9 +170,10 @@ class Throughput(models.Model):
     captured or finished some.
 
     Append-only, so writers never contend on a counter row. The sweeper
-    compacts each minute gone by into a row per namespace, and folds rows
-    past two hours into `ThroughputTotal` (tasks_app.lease), so the log stays
-    a few rows per namespace and minute whatever the load. The dashboard sums
+    merges rows more than a few seconds old into a row per namespace and
+    minute, and folds rows past two hours into `ThroughputTotal`
+    (tasks_app.lease), so the log stays a row per namespace and minute, and
+    the last seconds' rows, whatever the load. The dashboard sums
     the last hour per minute; the metrics' counters sum it all.
     """
 

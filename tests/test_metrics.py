@@ -141,30 +141,45 @@ def test_counters_keep_their_values_as_the_sweeper_compacts_and_folds_the_log(cl
     assert counters(scrape(client), "ns") == expected
     assert Throughput.objects.filter(namespace_id="ns").count() == 30
 
-    # Each minute gone by becomes a row per namespace.
+    # Rows more than a few seconds old become a row per namespace and
+    # minute, the current minute's too; the last seconds' stay as written.
+    clock.advance(3)  # the last round's rows are 10 s old, the newest 3 s
+    rows = capture_tasks(namespace_id="ns", limit=2)
+    clock.advance(3)
+    reclaim_expired_leases()
+    expected = dict(captured=22, done=10, failed=10, expired=0)
+    assert counters(scrape(client), "ns") == expected
+    stamps = list(Throughput.objects.filter(namespace_id="ns").values_list("at", flat=True))
+    raw = [at for at in stamps if (at.second, at.microsecond) != (0, 0)]
+    assert len(raw) == 1 and len(stamps) <= 4 < 31
+    release_tasks(status="done", task_ids=[rows[0].id])
+    release_tasks(status="failed", task_ids=[rows[1].id])
+    expected = dict(captured=22, done=11, failed=11, expired=0)
+
+    # A minute compacted before is merged with its later rows.
     clock.advance(60)
     reclaim_expired_leases()
     assert counters(scrape(client), "ns") == expected
     minutes = Throughput.objects.filter(namespace_id="ns").values_list("at", flat=True)
     assert all(at.second == 0 and at.microsecond == 0 for at in minutes)
-    assert len(minutes) <= 3 < 30
+    assert len(minutes) == len(set(minutes)) <= 3
     assert not ThroughputTotal.objects.exists()
 
     # Past two hours, rows go into the running totals.
     clock.advance(2 * 3600)
     reclaim_expired_leases()
     assert not Throughput.objects.filter(namespace_id="ns").exists()
-    assert ThroughputTotal.objects.get(pk="ns").done == 10
+    assert ThroughputTotal.objects.get(pk="ns").done == 11
     assert counters(scrape(client), "ns") == expected
     assert counters(scrape(client), "other")["captured"] == 3
 
     rows = capture_tasks(namespace_id="ns", limit=1)
     release_tasks(status="done", task_ids=[rows[0].id])
-    assert counters(scrape(client), "ns") == dict(captured=21, done=11, failed=10, expired=0)
+    assert counters(scrape(client), "ns") == dict(captured=23, done=12, failed=11, expired=0)
 
     # Deleting the tasks (a purge, the retention) leaves what happened counted.
-    assert purge_namespace(namespace_id="ns", states=["done", "failed_retry"])["done"] == 11
-    assert counters(scrape(client), "ns") == dict(captured=21, done=11, failed=10, expired=0)
+    assert purge_namespace(namespace_id="ns", states=["done", "failed_retry"])["done"] == 12
+    assert counters(scrape(client), "ns") == dict(captured=23, done=12, failed=11, expired=0)
 
     # A namespace deleted and created again starts from zero, its events of
     # the last two hours included.
@@ -175,7 +190,7 @@ def test_counters_keep_their_values_as_the_sweeper_compacts_and_folds_the_log(cl
     assert not Throughput.objects.filter(namespace_id="other").exists()
     make_namespace("other")
     assert counters(scrape(client), "other")["captured"] == 0
-    assert counters(scrape(client), "ns") == dict(captured=21, done=11, failed=10, expired=0)
+    assert counters(scrape(client), "ns") == dict(captured=23, done=12, failed=11, expired=0)
 
 
 def http_count(samples: dict[tuple[str, tuple], float], route: str, code: str) -> float:
