@@ -252,9 +252,11 @@ class _Estimator:
         return self._shares[category]
 
 
-def _counts(category: str, namespace_ids: list[str], estimator: _Estimator) -> dict[str, Count]:
-    """One category's count per namespace, reading at most EXACT_COUNT_LIMIT
-    index entries however many tasks there are.
+def _counts(
+    category: str, namespace_ids: list[str], estimator: _Estimator, limit: int | None = None
+) -> dict[str, Count]:
+    """One category's count per namespace, reading at most `limit`
+    (EXACT_COUNT_LIMIT) index entries however many tasks there are.
 
     Small overall: one grouped count, exact. Large (a table of millions of
     done tasks): the namespaces are counted exactly smallest first, by
@@ -264,13 +266,14 @@ def _counts(category: str, namespace_ids: list[str], estimator: _Estimator) -> d
     namespaces share them.
     """
     where = _CATEGORY_WHERE[category]
-    if estimator.rows(category) <= EXACT_COUNT_LIMIT:
+    limit = EXACT_COUNT_LIMIT if limit is None else limit
+    if estimator.rows(category) <= limit:
         with connection.cursor() as cursor:
             cursor.execute(COUNT_BY_NAMESPACE.format(where=where))
             return {ns: Count(n) for ns, n in cursor.fetchall()}
     estimates = estimator.rows_by_namespace(category, namespace_ids)
     counted: list[str] = []
-    budget = EXACT_COUNT_LIMIT
+    budget = limit
     for namespace_id in sorted(namespace_ids, key=lambda ns: estimates[ns]):
         if estimates[namespace_id] > budget:
             break
@@ -291,16 +294,23 @@ def _counts(category: str, namespace_ids: list[str], estimator: _Estimator) -> d
     return counts
 
 
-def build_dashboard(*, chart: bool = True) -> Dashboard:
+# The categories a namespace keeps piling up (history, until purged), unlike
+# the work in hand, which its workers bound.
+FINISHED = ("done", "failed_for_good")
+
+
+def build_dashboard(*, chart: bool = True, finished_limit: int | None = None) -> Dashboard:
     """Every namespace's figures; without `chart`, its per-minute series stay
     zero and the throughput log is not read (the metrics' counters read it
-    whole instead)."""
+    whole instead). `finished_limit`: the entries the FINISHED categories'
+    counts may read (default EXACT_COUNT_LIMIT, as every other's)."""
     namespaces = list(Namespace.objects.order_by("pk").values_list("pk", "paused_at"))
     namespace_ids = [ns for ns, _ in namespaces]
     stats = {ns: NamespaceStats(ns, paused=paused_at is not None) for ns, paused_at in namespaces}
     estimator = _Estimator()
     for category in CATEGORIES:
-        counts = _counts(category, namespace_ids, estimator)
+        limit = finished_limit if category in FINISHED else None
+        counts = _counts(category, namespace_ids, estimator, limit)
         for ns, entry in stats.items():
             entry.counts[category] = counts.get(ns, Count(0))
 

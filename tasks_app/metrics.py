@@ -24,12 +24,18 @@ from tasks_app.dashboard import PUBLIC_STATE, build_dashboard
 from tasks_app.models import SweepRecord
 from tasks_app.sweeper import RECLAIM_JOB
 
+# The index entries a scrape's counts of done and failed-for-good tasks may
+# read, each: the history a namespace keeps, which only grows, costs a scrape
+# no more than this, the rest being the planner's estimates. The tasks in
+# hand are counted exactly up to the dashboard's limit.
+FINISHED_COUNT_LIMIT = 10_000
+
 
 class TaskqCollector(Collector):
     """The gauges of every namespace, read when collected."""
 
     def collect(self) -> Iterator[Any]:
-        dashboard = build_dashboard(chart=False)
+        dashboard = build_dashboard(chart=False, finished_limit=FINISHED_COUNT_LIMIT)
         # The dashboard knows which are paused; only the caps are read here.
         limited: dict[str, int] = {
             ns: cap

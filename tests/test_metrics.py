@@ -1,11 +1,14 @@
 """GET /metrics: the Prometheus text format, computed from the database."""
 
 import pytest
+from django.db import connection
 from django.test import Client, override_settings
+from django.test.utils import CaptureQueriesContext
 from prometheus_client.parser import text_string_to_metric_families
 
 from namespaces_app.models import Namespace
 from namespaces_app.services import delete_namespace
+from tasks_app import dashboard, metrics
 from tasks_app.models import SweepRecord, Throughput, ThroughputTotal
 from tasks_app.services import capture_tasks, pause_namespace, purge_namespace, release_tasks
 from tasks_app.sweeper import RECLAIM_JOB, reclaim_expired_leases
@@ -226,3 +229,34 @@ def test_with_a_metrics_token_only_its_bearer_is_answered(client):
     samples = scrape(client, token="scrape-secret")
     assert samples[("taskq_namespace_paused", (("namespace", "ns"),))] == 0.0
     assert samples[("taskq_namespace_max_in_flight", (("namespace", "ns"),))] == 3.0
+
+
+def test_a_scrape_reads_a_bounded_part_of_the_done_tasks(client, monkeypatch):
+    """Done tasks beyond the scrape's limit are the planner's estimates; the
+    work in hand is counted exactly up to the dashboard's own limit."""
+    for namespace, done in (("big", 300), ("small", 20)):
+        make_namespace(namespace)
+        make_tasks(namespace, done, prefix=f"{namespace}-done-", status="done")
+        make_tasks(namespace, 40, prefix=f"{namespace}-idle-")
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE tasks_app_task")
+    monkeypatch.setattr(metrics, "FINISHED_COUNT_LIMIT", 100)
+    monkeypatch.setattr(dashboard, "EXACT_COUNT_LIMIT", 1_000)
+
+    with CaptureQueriesContext(connection) as queries:
+        samples = scrape(client)
+
+    def tasks(namespace: str, state: str) -> float:
+        return samples[("taskq_tasks", (("namespace", namespace), ("state", state)))]
+
+    # The small one counted within the limit, the big one estimated.
+    assert tasks("small", "done") == 20
+    assert 0.8 * 300 <= tasks("big", "done") <= 1.25 * 300
+    assert (tasks("big", "idle"), tasks("small", "idle")) == (40, 40)
+    counted = [
+        q["sql"]
+        for q in queries.captured_queries
+        if q["sql"].startswith("SELECT namespace_id, count(*)")
+    ]
+    done_counts = [sql for sql in counted if "status = 'done'" in sql]
+    assert done_counts and all("namespace_id = ANY" in sql for sql in done_counts)
