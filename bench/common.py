@@ -14,19 +14,24 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import logging
 import math
 import os
+import random
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
@@ -476,6 +481,367 @@ def recorded_statements() -> Iterator[list[Executed]]:
 
     with connection.execute_wrapper(record):
         yield statements
+
+
+# --- The multi-server layout, and the CPU time of its processes ----------------------
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def free_port_block(count: int) -> int:
+    """The first of `count` consecutive free ports on 127.0.0.1 (free when looked at)."""
+    for _ in range(200):
+        base = random.randrange(20_000, 60_000 - count)
+        sockets = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+        return base
+    raise SystemExit(f"no {count} consecutive free ports")
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """A redis-server of the benchmark's own on a free port, until `stop()`.
+
+    The machine's Redis (127.0.0.1:6379) may be another stack's broker and
+    cache: a cluster of the benchmark's own must not take that stack's
+    Celery tasks, nor share its cache's keys.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        binary = shutil.which("redis-server") or shutil.which("redis-server", path="/usr/sbin")
+        if binary is None:
+            raise SystemExit("redis-server is not installed (Debian: apt-get install redis-server)")
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [
+                binary,
+                *("--bind", "127.0.0.1", "--port", str(self.port)),
+                *("--save", "", "--appendonly", "no", "--dir", str(directory)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise SystemExit("redis-server did not come up")
+
+    def url(self, database: int) -> str:
+        return f"redis://127.0.0.1:{self.port}/{database}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class Cluster:
+    """`make cluster` (scripts/cluster.py) with `servers` app servers, on the database
+    in use now, until `stop()`.
+
+    PgBouncer in transaction mode in front of the configured PostgreSQL
+    server, the app servers on ports `port` + 1..., HAProxy on `port`, the
+    Celery worker and beat on `redis`; every process under the cluster's
+    supervisor, in a directory of its own (TASKQ_CLUSTER_DIR), so that
+    another cluster running from this checkout is neither seen nor stopped.
+    `env` overrides the product's environment (e.g. throttling off for the
+    benchmark's tokens). Ready when every app server and HAProxy answer
+    /healthz and HAProxy has had time to see them up.
+    """
+
+    START_SECONDS = 180.0
+
+    def __init__(self, servers: int, *, redis: RedisServer, **env: str) -> None:
+        self.servers = servers
+        self.directory = Path(tempfile.mkdtemp(prefix="taskq-bench-cluster-"))
+        # PgBouncer runs as another user (it refuses root) and reads its
+        # configuration under this directory.
+        self.directory.chmod(0o755)
+        self.port = free_port_block(servers + 1)
+        self.env = product_environ(
+            TASKQ_CLUSTER_DIR=str(self.directory),
+            PORT=str(self.port),
+            TASKQ_CLUSTER_SERVERS=str(servers),
+            CELERY_BROKER_URL=redis.url(0),
+            TASKQ_CACHE_URL=redis.url(1),
+            **env,
+        )
+        self.log_path = self.directory / "cluster.log"
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "scripts/cluster.py", "run", "--watch-parent"],
+                cwd=BASE_DIR,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> None:
+        urls = [f"http://127.0.0.1:{self.port + n}/healthz" for n in range(self.servers + 1)]
+        deadline = time.monotonic() + self.START_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"the cluster exited ({self.process.returncode}):\n{self.tail()}")
+            if all(_answers(url) for url in urls):
+                # HAProxy counts a server up after two good checks, half a
+                # second apart.
+                time.sleep(1.5)
+                return
+            time.sleep(0.5)
+        raise SystemExit(f"the cluster did not come up in {self.START_SECONDS:g} s:\n{self.tail()}")
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def state(self) -> dict[str, Any]:
+        """The supervisor's record of the stack (run/stack.json): its pid and each process's."""
+        try:
+            state: dict[str, Any] = json.loads((self.directory / "run" / "stack.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+        return state
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            subprocess.run(
+                [sys.executable, "scripts/cluster.py", "stop"],
+                cwd=BASE_DIR,
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                check=False,
+            )
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Proc:
+    """One process as /proc shows it: its parent, when it started (clock ticks since
+    boot; with the pid, names the process for good), the CPU time it has used
+    (user and system, clock ticks, all its threads) and its command line (a
+    PostgreSQL backend's title names its database)."""
+
+    pid: int
+    ppid: int
+    started: int
+    ticks: int
+    title: str
+
+
+def processes() -> dict[int, Proc]:
+    """Every process this user may read in /proc (another user's stat is readable;
+    what is not is left out)."""
+    found = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                title = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        # The command name (field 2) may hold spaces and parentheses.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        pid = int(entry.name)
+        found[pid] = Proc(
+            pid=pid,
+            ppid=int(fields[1]),
+            started=int(fields[19]),
+            ticks=int(fields[11]) + int(fields[12]),
+            title=title,
+        )
+    return found
+
+
+def by_ancestry(procs: Mapping[int, Proc], roots: Mapping[int, str]) -> dict[int, str]:
+    """The group of each process that is, or descends from, one of `roots` (pid ->
+    group): the nearest root up its line of parents decides."""
+    groups: dict[int, str] = {}
+    for pid in procs:
+        line = []
+        current: int | None = pid
+        group = None
+        while current is not None and current > 1:
+            if current in groups:
+                group = groups[current]
+                break
+            if current in roots:
+                group = roots[current]
+                break
+            line.append(current)
+            parent = procs.get(current)
+            current = parent.ppid if parent is not None else None
+        if group is not None:
+            groups[pid] = group
+            for member in line:
+                groups[member] = group
+    return {pid: group for pid, group in groups.items() if pid in procs}
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, all) clock ticks of every CPU since boot (/proc/stat): busy is all but
+    idle and iowait."""
+    with open("/proc/stat") as f:
+        values = [int(x) for x in f.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    # guest time is already counted in user time.
+    total = sum(values[:8])
+    return total - idle, total
+
+
+@dataclass
+class CpuUsage:
+    """CPU seconds per group of processes over a window of `seconds`, and the whole
+    machine's busy CPU seconds in it (every process, the kernel's too)."""
+
+    seconds: float
+    groups: dict[str, float] = field(default_factory=dict)
+    machine_busy: float = 0.0
+    marks: tuple[Any, Any] = (None, None)
+
+    def cores(self, group: str) -> float:
+        """The group's CPU as cores kept busy (CPU seconds per second)."""
+        return self.groups.get(group, 0.0) / self.seconds
+
+    @property
+    def measured(self) -> float:
+        return sum(self.groups.values())
+
+
+class CpuWatch:
+    """The CPU time of groups of processes over a window, from /proc/<pid>/stat.
+
+    `classify` maps the processes seen to their group (those it leaves out are
+    not counted). `measure(start, end)` watches the window in a thread of its
+    own and `result()` waits for it: /proc is read at `start`, every
+    `interval` seconds and at `end` (time.time()'s clock; None: when
+    `finish()` is called), so a process that ends inside the window counts up
+    to its last reading, and one that starts inside it counts from zero.
+    `mark`, when given, is called at the window's start and end (e.g. for the
+    WAL position) and its values kept in `marks`.
+    """
+
+    def __init__(
+        self,
+        classify: Callable[[Mapping[int, Proc]], Mapping[int, str]],
+        *,
+        interval: float = 0.5,
+        mark: Callable[[], Any] | None = None,
+    ) -> None:
+        self.classify = classify
+        self.interval = interval
+        self.mark = mark
+        self._thread: threading.Thread | None = None
+        self._usage: CpuUsage | None = None
+        self._error: BaseException | None = None
+        self._finish = threading.Event()
+        self._started = threading.Event()
+
+    def _reading(self) -> dict[tuple[int, int], tuple[str, int]]:
+        procs = processes()
+        return {
+            (pid, procs[pid].started): (group, procs[pid].ticks)
+            for pid, group in self.classify(procs).items()
+        }
+
+    def _watch(self, start: float, end: float | None) -> None:
+        try:
+            time.sleep(max(0.0, start - time.time()))
+            first_mark = self.mark() if self.mark else None
+            began = time.time()
+            busy_before, _ = machine_ticks()
+            base = self._reading()
+            last = dict(base)
+            self._started.set()
+            while not self._finish.is_set():
+                left = self.interval if end is None else end - time.time()
+                if left <= 0:
+                    break
+                self._finish.wait(min(self.interval, left))
+                last.update(self._reading())
+            busy_after, _ = machine_ticks()
+            ended = time.time()
+            last_mark = self.mark() if self.mark else None
+            usage = CpuUsage(seconds=ended - began, marks=(first_mark, last_mark))
+            usage.machine_busy = (busy_after - busy_before) / CLOCK_TICKS
+            for key, (group, ticks) in last.items():
+                used = ticks - (base[key][1] if key in base else 0)
+                usage.groups[group] = usage.groups.get(group, 0.0) + used / CLOCK_TICKS
+            self._usage = usage
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._started.set()
+
+    def measure(self, start: float, end: float | None = None) -> None:
+        """Watch from `start` to `end`; `start` in the past (or now) waits until the
+        first reading is taken, so what follows the call is inside the window."""
+        self._usage = self._error = None
+        self._finish.clear()
+        self._started.clear()
+        self._thread = threading.Thread(
+            target=self._watch, args=(start, end), name="cpu-watch", daemon=True
+        )
+        self._thread.start()
+        if start <= time.time():
+            self._started.wait()
+
+    def finish(self) -> CpuUsage:
+        """End a window opened without an end, now, and give its result."""
+        self._finish.set()
+        return self.result()
+
+    def result(self) -> CpuUsage:
+        assert self._thread is not None, "measure() first"
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._usage is not None
+        return self._usage
 
 
 # --- Describing the run ---------------------------------------------------------------

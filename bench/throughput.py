@@ -76,6 +76,9 @@ class WorkerResult:
     tasks: int = 0
     latencies: list[float] = field(default_factory=list)
     ran_dry: bool = False
+    # When the worker began its loop (time.time()): later than the start
+    # when spawning and importing took longer than the delay given them.
+    began: float = 0.0
 
 
 @dataclass
@@ -84,6 +87,8 @@ class Run(LatencyPercentiles):
     seconds: float
     latencies: list[float]
     ran_dry: bool
+    # Seconds after the start that the last worker began its loop.
+    late: float = 0.0
 
     @property
     def per_second(self) -> float:
@@ -110,6 +115,7 @@ def http_worker(
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     capture_path = f"/v1/task/capture?namespace_id={NAMESPACE}&limit={batch}"
     time.sleep(max(0.0, start - time.time()))
+    result.began = time.time()
     deadline = start + seconds
     while time.time() < deadline:
         began = time.perf_counter()
@@ -157,6 +163,7 @@ def sql_worker(
     with connect(conninfo) as conn:
         jsonb_as_text(conn)
         time.sleep(max(0.0, start - time.time()))
+        result.began = time.time()
         deadline = start + seconds
         while time.time() < deadline:
             began = time.perf_counter()
@@ -175,10 +182,14 @@ def sql_worker(
     return result
 
 
-def run_workers(target: Any, args: tuple[Any, ...], workers: int, seconds: float) -> Run:
-    # Start together, two seconds from now: every process is up and connected
-    # before the clock starts.
-    start = time.time() + 2.0
+def run_workers(
+    target: Any, args: tuple[Any, ...], workers: int, seconds: float, *, start: float | None = None
+) -> Run:
+    # Start together, two seconds from now (or at `start`, time.time()'s clock,
+    # for a caller that watches the same window): every process is up and
+    # connected before the clock starts.
+    if start is None:
+        start = time.time() + 2.0
     context = multiprocessing.get_context("spawn")
     with context.Pool(workers) as pool:
         results = pool.starmap(target, [(*args, start, seconds) for _ in range(workers)])
@@ -188,6 +199,7 @@ def run_workers(target: Any, args: tuple[Any, ...], workers: int, seconds: float
         seconds=seconds,
         latencies=latencies,
         ran_dry=any(result.ran_dry for result in results),
+        late=max(result.began for result in results) - start,
     )
 
 
