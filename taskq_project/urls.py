@@ -3,6 +3,7 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from rest_framework.routers import SimpleRouter
 
+from namespaces_app.models import RESERVED_NAMESPACE_ID_SUFFIXES
 from namespaces_app.views import NamespaceViewSet
 from taskq_project.docs_views import RedocView, SchemaView, SwaggerView
 from taskq_project.views import healthz, index, metrics
@@ -15,6 +16,11 @@ router.trailing_slash = "/?"
 router.register("namespace", NamespaceViewSet, basename="namespace")
 router.register("task", TaskViewSet, basename="task")
 
+# The namespace's controls (tasks_app.views.NamespaceControlViewSet), each
+# under /v1/namespace/{id}/<action>, by the method it answers.
+NAMESPACE_CONTROLS = {"pause": "post", "resume": "post", "purge": "post", "stats": "get"}
+assert {f"/{action}" for action in NAMESPACE_CONTROLS} == set(RESERVED_NAMESPACE_ID_SUFFIXES)
+
 urlpatterns = [
     re_path(r"^v1/schema/?$", SchemaView.as_view(), name="schema"),
     re_path(r"^v1/docs/?$", SwaggerView.as_view(url_name="schema"), name="docs"),
@@ -26,27 +32,15 @@ urlpatterns = [
         TaskViewSet.as_view({"get": "attempts"}),
         name="task-attempts",
     ),
-    # Likewise for namespaces; their ids may not end with "/pause", "/resume",
-    # "/stats" or "/purge".
-    re_path(
-        r"^v1/namespace/(?P<pk>[\s\S]+?)/pause/?$",
-        NamespaceControlViewSet.as_view({"post": "pause"}),
-        name="namespace-pause",
-    ),
-    re_path(
-        r"^v1/namespace/(?P<pk>[\s\S]+?)/resume/?$",
-        NamespaceControlViewSet.as_view({"post": "resume"}),
-        name="namespace-resume",
-    ),
-    re_path(
-        r"^v1/namespace/(?P<pk>[\s\S]+?)/purge/?$",
-        NamespaceControlViewSet.as_view({"post": "purge"}),
-        name="namespace-purge",
-    ),
-    re_path(
-        r"^v1/namespace/(?P<pk>[\s\S]+?)/stats/?$",
-        NamespaceControlViewSet.as_view({"get": "stats"}),
-        name="namespace-stats",
+    # Likewise for namespaces: their ids may not end with these endpoints
+    # (RESERVED_NAMESPACE_ID_SUFFIXES).
+    *(
+        re_path(
+            rf"^v1/namespace/(?P<pk>[\s\S]+?)/{action}/?$",
+            NamespaceControlViewSet.as_view({method: action}),
+            name=f"namespace-{action}",
+        )
+        for action, method in NAMESPACE_CONTROLS.items()
     ),
     path("v1/", include(router.urls)),
     re_path(r"^healthz/?$", healthz, name="healthz"),
